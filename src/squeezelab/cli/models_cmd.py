@@ -1,0 +1,65 @@
+"""``squeezelab models`` and ``squeezelab info``."""
+
+from __future__ import annotations
+
+import argparse
+
+from squeezelab.models import count_macs, count_params, create_model, get_model_config, layer_table, list_models
+from squeezelab.models.profile import MB, MIB
+
+from .common import format_table, parse_input_size
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    models = subparsers.add_parser("models", help="list registered models with parameters, size and MACs")
+    models.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'squeezenet1_*'")
+    models.set_defaults(func=run_models)
+
+    info = subparsers.add_parser("info", help="per-layer table of one model: output shape, params, MACs")
+    info.add_argument("model", help="registered model name")
+    info.add_argument("--input-size", type=parse_input_size, help="C,H,W or H,W (default: the model's)")
+    info.add_argument("--num-classes", type=int, help="number of output classes (default: the model's)")
+    info.set_defaults(func=run_info)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}; run 'squeezelab models' to list them all")
+    rows = []
+    for name in names:
+        model = create_model(name)
+        input_size = model.default_cfg.input_size
+        params = count_params(model)
+        rows.append(
+            [
+                name,
+                f"{params:,}",
+                f"{4 * params / MB:.2f}",
+                f"{4 * params / MIB:.2f}",
+                "x".join(map(str, input_size)),
+                f"{count_macs(model, input_size) / 1e6:,.1f}",
+            ]
+        )
+    headers = ["model", "params", "fp32 MB (10^6 B)", "fp32 MiB (2^20 B)", "input", "MMACs"]
+    print(format_table(headers, rows))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    cfg = get_model_config(args.model)
+    input_size = args.input_size or cfg.input_size
+    if len(input_size) == 2:
+        input_size = (cfg.input_size[0], *input_size)
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0])
+    rows = [
+        [row.name, row.kind, "x".join(map(str, row.output_shape)), f"{row.params:,}", f"{row.macs:,}"]
+        for row in layer_table(model, input_size)
+    ]
+    params = count_params(model)
+    macs = count_macs(model, input_size)
+    rows.append(["total", "", "", f"{params:,}", f"{macs:,}"])
+    print(f"{args.model}: input {'x'.join(map(str, input_size))}, {model.default_cfg.num_classes} classes")
+    print(format_table(["layer", "kind", "output", "params", "MACs"], rows))
+    print(f"fp32 size: {4 * params:,} bytes = {4 * params / MB:.3f} MB = {4 * params / MIB:.3f} MiB")
+    return 0
