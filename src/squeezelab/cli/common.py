@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Any, Sequence
+
+import yaml
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
@@ -17,6 +19,17 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     if len(values) not in (2, 3) or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--input-size: expected C,H,W or H,W of positive ints, got {text!r}")
     return values
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """Parse one ``KEY=VALUE`` model keyword argument; VALUE is read as YAML (``2``, ``0.75``, ``all``, ``[2, 5]``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {text!r} as YAML") from None
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -7,7 +7,7 @@ import argparse
 from squeezelab.models import count_macs, count_params, create_model, get_model_config, layer_table, list_models
 from squeezelab.models.profile import MB, MIB
 
-from .common import format_table, parse_input_size
+from .common import format_table, parse_input_size, parse_model_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("model", help="registered model name")
     info.add_argument("--input-size", type=parse_input_size, help="C,H,W or H,W (default: the model's)")
     info.add_argument("--num-classes", type=int, help="number of output classes (default: the model's)")
+    info.add_argument(
+        "--model-arg",
+        type=parse_model_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder keyword argument, repeatable, e.g. fire_pairing=2, batch_norm=all, remove_fires=[2,5]",
+    )
     info.set_defaults(func=run_info)
 
 
@@ -51,7 +59,7 @@ def run_info(args: argparse.Namespace) -> int:
     input_size = args.input_size or cfg.input_size
     if len(input_size) == 2:
         input_size = (cfg.input_size[0], *input_size)
-    model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0])
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0], **dict(args.model_arg))
     rows = [
         [row.name, row.kind, "x".join(map(str, row.output_shape)), f"{row.params:,}", f"{row.macs:,}"]
         for row in layer_table(model, input_size)

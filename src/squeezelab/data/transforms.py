@@ -39,18 +39,30 @@ class ConvertMode:
         return image.convert(self.mode) if image.mode != self.mode else image
 
 
-def normalize_transforms(cfg: ModelConfig) -> list:
-    """ToTensor, channel order / pixel scale, then mean/std normalisation as the config says."""
-    steps: list = [T.ToTensor()]
+def normalize_transforms(cfg: ModelConfig, from_uint8_tensor: bool = False) -> list:
+    """ToTensor (or uint8 tensor -> [0, 1] floats), channel order / pixel scale, then mean/std as the config says."""
+    steps: list = [T.ConvertImageDtype(torch.float32) if from_uint8_tensor else T.ToTensor()]
     if cfg.channel_order != "RGB" or cfg.pixel_scale != 1.0:
         steps.append(ToChannelOrder(cfg.channel_order, cfg.pixel_scale))
     steps.append(T.Normalize(cfg.mean, cfg.std))
     return steps
 
 
+def resize_crop_steps(
+    size: tuple[int, int], resize_size: int, interpolation: InterpolationMode, antialias: bool = True
+) -> list:
+    """Resize the shorter side to ``resize_size``, then centre crop to ``size`` (H, W): the evaluation geometry."""
+    return [T.Resize(resize_size, interpolation=interpolation, antialias=antialias), T.CenterCrop(size)]
+
+
 def eval_transform(cfg: ModelConfig) -> T.Compose:
-    """PIL image -> normalised tensor: resize the shorter side, centre crop to the input size."""
+    """PIL image -> normalised tensor: resize the shorter side, centre crop to the input size.
+
+    With ``cfg.antialias`` False the resize runs on a uint8 tensor without a low-pass filter, as Caffe's
+    OpenCV resize did (PIL always filters when it shrinks).
+    """
     in_chans, height, width = cfg.input_size
-    interpolation = InterpolationMode(cfg.interpolation)
-    steps = [ConvertMode(in_chans), T.Resize(cfg.resize_size, interpolation=interpolation), T.CenterCrop((height, width))]
-    return T.Compose(steps + normalize_transforms(cfg))
+    steps = resize_crop_steps((height, width), cfg.resize_size, InterpolationMode(cfg.interpolation), cfg.antialias)
+    if cfg.antialias:
+        return T.Compose([ConvertMode(in_chans), *steps, *normalize_transforms(cfg)])
+    return T.Compose([ConvertMode(in_chans), T.PILToTensor(), *steps, *normalize_transforms(cfg, from_uint8_tensor=True)])

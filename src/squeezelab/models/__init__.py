@@ -1,8 +1,9 @@
 """Pure ``nn.Module`` definitions and the model registry (no training code here)."""
 
-from . import squeezenet  # noqa: F401  (registers the SqueezeNet family)
-from .fire import Fire
-from .profile import count_macs, count_params, fp32_size_bytes, layer_table
+from . import baselines, squeezenet, squeezenext  # noqa: F401  (register the model families)
+from .baselines import VGG, AlexNet, PlainCNN, build_vgg19, vgg_features
+from .fire import Fire, FirePair
+from .profile import InputTooSmallError, count_macs, count_params, fp32_size_bytes, layer_table
 from .registry import (
     ModelConfig,
     UnknownModelError,
@@ -12,13 +13,23 @@ from .registry import (
     register_model,
 )
 from .squeezenet import SqueezeNet, build_squeezenet, fire_plan
+from .squeezenext import SqueezeNext, SqueezeNextBlock, build_squeezenext
 
 __all__ = [
+    "AlexNet",
     "Fire",
+    "FirePair",
+    "InputTooSmallError",
     "ModelConfig",
+    "PlainCNN",
     "SqueezeNet",
+    "SqueezeNext",
+    "SqueezeNextBlock",
     "UnknownModelError",
+    "VGG",
     "build_squeezenet",
+    "build_squeezenext",
+    "build_vgg19",
     "count_macs",
     "count_params",
     "create_model",
@@ -28,4 +39,5 @@ __all__ = [
     "layer_table",
     "list_models",
     "register_model",
+    "vgg_features",
 ]

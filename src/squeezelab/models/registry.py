@@ -29,7 +29,8 @@ class ModelConfig:
     """Default input/preprocessing metadata of a model, as timm's ``default_cfg``.
 
     ``mean``/``std`` apply to pixels scaled by ``pixel_scale`` (1.0: pixels in [0, 1]; 255.0: Caffe-style
-    raw pixel values). ``channel_order`` is ``"RGB"`` or ``"BGR"`` (Caffe models).
+    raw pixel values). ``channel_order`` is ``"RGB"`` or ``"BGR"`` (Caffe models). ``antialias`` False
+    resizes without a low-pass filter, as Caffe/OpenCV pipelines did.
     """
 
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -43,6 +44,7 @@ class ModelConfig:
     class_names: tuple[str, ...] | None = None
     dataset: str = "imagenet"
     extra: dict[str, Any] = field(default_factory=dict)
+    antialias: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

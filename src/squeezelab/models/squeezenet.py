@@ -1,9 +1,10 @@
-"""SqueezeNet v1.0/v1.1, the paper's metaparameter generator, bypass, batch-norm and small-input variants.
+"""SqueezeNet v1.0/v1.1, the paper's metaparameter generator, bypass, batch-norm, small-input and tiny variants.
 
 One network class serves every variant: a stem, a sequence of Fire modules (planned by the paper's
-metaparameters), max pools after chosen fires, and the 1x1-conv + global-average-pool classifier.
-With default arguments the ``features``/``classifier`` layout and ``state_dict`` keys equal
-torchvision's, so torchvision checkpoints load with ``strict=True``.
+metaparameters, optionally each split into a squeeze-fire/expand-fire pair), max pools after chosen
+fires, and the 1x1-conv + global-average-pool classifier. With default arguments the
+``features``/``classifier`` layout and ``state_dict`` keys equal torchvision's, so torchvision
+checkpoints load with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .fire import Fire
+from .fire import Fire, FirePair
 from .registry import CIFAR10_CFG, IMAGENET_CFG, MNIST_CFG, register_model
 
 FIRST_FIRE = 2  # the paper numbers fire modules fire2 .. fire9
@@ -54,6 +55,9 @@ LAYOUTS = {
     # pools leave an 8x8 (7x7 for MNIST) map at the classifier instead of torchvision's collapse to 1x1.
     "v1_0_small": Layout(96, 3, 1, 1, False, (4, 8)),
     "v1_1_small": Layout(64, 3, 1, 1, False, (3, 5)),
+    # Tiny CIFAR net (four fires): 3x3/1 stem with 64 filters and a pool (32 -> 16), a pool after fire3
+    # (16 -> 8), so fire4/fire5 and the classifier work on an 8x8 map.
+    "tiny_cifar": Layout(64, 3, 1, 1, True, (3,)),
 }
 
 
@@ -103,6 +107,8 @@ class SqueezeNet(nn.Module):
         batch_norm: ``"none"``, ``"conv1"`` (after the stem conv), ``"fires"`` (inside every fire) or ``"all"``.
         dropout: dropout probability before the final conv (0.5 as published).
         final_conv_padding: 1 reproduces the Caffe release's conv10 (padding 1); 0 as torchvision.
+        fire_pairing: ``None`` (plain Fires, torchvision keys) or a reduction factor r >= 1: every Fire
+            becomes a :class:`~squeezelab.models.fire.FirePair` with squeeze widths divided by r.
     """
 
     def __init__(
@@ -116,8 +122,10 @@ class SqueezeNet(nn.Module):
         dropout: float = 0.5,
         final_conv_padding: int = 0,
         fire_numbers: Sequence[int] | None = None,
+        fire_pairing: int | None = None,
     ) -> None:
         super().__init__()
+        _check_fire_pairing(fire_pairing)
         if batch_norm not in BATCH_NORM_PLACEMENTS:
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_PLACEMENTS}, got {batch_norm!r}")
         if bypass not in ("none", "simple", "complex"):
@@ -144,13 +152,12 @@ class SqueezeNet(nn.Module):
         pools = _pool_positions(numbers, layout.pool_after)
         for number, spec, pool in zip(numbers, fires, pools):
             layers.append(
-                Fire(
+                _fire_module(
                     channels,
-                    spec.squeeze,
-                    spec.expand1x1,
-                    spec.expand3x3,
+                    spec,
                     batch_norm=batch_norm in ("fires", "all"),
                     bypass=_bypass_for(bypass, number, channels, spec.out_channels),
+                    fire_pairing=fire_pairing,
                 )
             )
             channels = spec.out_channels
@@ -182,6 +189,22 @@ class SqueezeNet(nn.Module):
         x = self.features(x)
         x = self.classifier(x)
         return torch.flatten(x, 1)
+
+
+def _check_fire_pairing(fire_pairing: int | None) -> None:
+    if fire_pairing is None:
+        return
+    if isinstance(fire_pairing, bool) or not isinstance(fire_pairing, int) or fire_pairing < 1:
+        raise ValueError(f"fire_pairing must be None or an integer reduction factor >= 1, got {fire_pairing!r}")
+
+
+def _fire_module(
+    inplanes: int, spec: FireSpec, batch_norm: bool, bypass: str, fire_pairing: int | None
+) -> Fire | FirePair:
+    if fire_pairing is None:
+        return Fire(inplanes, spec.squeeze, spec.expand1x1, spec.expand3x3, batch_norm=batch_norm, bypass=bypass)
+    squeeze = max(1, _round_half_up(spec.squeeze / fire_pairing))
+    return FirePair(inplanes, squeeze, spec.out_channels, batch_norm=batch_norm, bypass=bypass)
 
 
 def _max_pool() -> nn.MaxPool2d:
@@ -220,15 +243,19 @@ def build_squeezenet(
     remove_fires: Sequence[int] = (),
     dropout: float = 0.5,
     final_conv_padding: int = 0,
+    num_fires: int = 8,
+    fire_pairing: int | None = None,
 ) -> SqueezeNet:
     """SqueezeNet from the paper's metaparameters on a given layout, optionally without some fires.
 
     ``remove_fires`` takes paper fire numbers (for example ``(2, 5)``); the next fire takes the removed
     fire's input, and a pool that followed a removed fire moves to the previous fire kept.
+    ``num_fires`` is the number of fires planned (8 as published; fires are numbered from 2).
+    ``fire_pairing=r`` replaces every Fire by a squeeze-fire/expand-fire pair (see ``FirePair``).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
-    specs = fire_plan(base_e, incr_e, pct_3x3, freq, squeeze_ratio)
+    specs = fire_plan(base_e, incr_e, pct_3x3, freq, squeeze_ratio, num_fires)
     numbers = list(range(FIRST_FIRE, FIRST_FIRE + len(specs)))
     removed = set(remove_fires)
     unknown = removed - set(numbers)
@@ -247,6 +274,7 @@ def build_squeezenet(
         dropout=dropout,
         final_conv_padding=final_conv_padding,
         fire_numbers=[n for n, _ in kept],
+        fire_pairing=fire_pairing,
     )
 
 
@@ -318,3 +346,16 @@ def squeezenet1_0_mnist(**kwargs) -> SqueezeNet:
 def squeezenet1_1_mnist(**kwargs) -> SqueezeNet:
     """v1.1 fires for 28x28 one-channel digits: pools after fire3 and fire5 (28 -> 14 -> 7)."""
     return build_squeezenet("v1_1_small", **kwargs)
+
+
+@register_model(CIFAR10_CFG)
+def squeezenet_tiny_cifar(**kwargs) -> SqueezeNet:
+    """Tiny four-fire SqueezeNet for CIFAR-10 (122,986 parameters, 14.0 MMACs at 32x32).
+
+    The small CIFAR-10 SqueezeNet of the public reproductions: conv 3x3/1 with 64 filters, max pool
+    (32 -> 16), fire2 and fire3 (s=16, e1x1=e3x3=64), max pool (16 -> 8), fire4 and fire5 (s=32,
+    e1x1=e3x3=128), then the 1x1 conv to the classes and global average pooling. The fires are the
+    paper's metaparameters (base_e=128, incr_e=128, freq=2, SR=0.125, pct_3x3=0.5) with four fires,
+    so the generator's keyword arguments (squeeze_ratio, pct_3x3, bypass, fire_pairing, ...) apply.
+    """
+    return build_squeezenet("tiny_cifar", num_fires=4, **kwargs)

@@ -1,0 +1,69 @@
+"""Which layers compress, what kind each is, and per-layer settings given by name, by kind or for all.
+
+A per-layer setting (density, bits) is given as one value for every layer, or as a mapping whose keys
+are layer names (``features.3.squeeze``), layer kinds (``stem``, ``classifier``, ``conv1x1``,
+``conv3x3``, ``conv``, ``linear``) or ``default``; the most specific key wins (name, then kind in the
+order listed by :func:`layer_kinds`). On the command line the same is written ``conv3x3=0.33,classifier=0.2``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, TypeVar
+
+import torch.nn as nn
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+T = TypeVar("T", int, float)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Convolution and linear layers with a weight, by module name, in definition order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name}
+
+
+def layer_kinds(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Kinds of each prunable layer, most specific first: the first layer is ``stem``, the last ``classifier``."""
+    layers = prunable_layers(model)
+    names = list(layers)
+    kinds = {}
+    for name, module in layers.items():
+        role = ("stem",) if name == names[0] else ("classifier",) if name == names[-1] else ()
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            shape = (f"conv{kh}x{kw}", "conv")
+        else:
+            shape = ("linear",)
+        kinds[name] = role + shape
+    return kinds
+
+
+def resolve_per_layer(model: nn.Module, spec: T | Mapping[str, T], what: str) -> dict[str, T]:
+    """Per-layer values from one value or a name/kind mapping; layers no key matches are left out."""
+    kinds = layer_kinds(model)
+    if not isinstance(spec, Mapping):
+        return {name: spec for name in kinds}
+    known = set(kinds) | {kind for ks in kinds.values() for kind in ks} | {"default"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(
+            f"{what}: no layer or layer kind named {', '.join(unknown)}; "
+            f"kinds are {sorted(known - set(kinds))}, layers are {list(kinds)}"
+        )
+    resolved = {}
+    for name, layer_kind_list in kinds.items():
+        for key in (name, *layer_kind_list, "default"):
+            if key in spec:
+                resolved[name] = spec[key]
+                break
+    return resolved
+
+
+def parse_per_layer(text: str, convert: Callable[[str], T], what: str) -> T | dict[str, T]:
+    """Parse ``0.33`` or ``conv3x3=0.33,classifier=0.2`` (values converted by ``convert``)."""
+    try:
+        if "=" not in text:
+            return convert(text)
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        return {key.strip(): convert(value) for key, value in pairs}
+    except ValueError:
+        raise ValueError(f"{what}: cannot read {text!r}; expected a value or KEY=VALUE,KEY=VALUE") from None

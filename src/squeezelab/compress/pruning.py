@@ -1,0 +1,195 @@
+"""Fine-grained magnitude pruning as ``torch.nn.utils.parametrize`` masks: ``weight = original * mask``.
+
+Because the mask is a parametrization, any training loop (``squeezelab.train.fit`` included) fine-tunes
+a pruned model with its pruned weights held at exactly zero, and the mask travels in the ``state_dict``.
+:func:`bake` turns parametrized weights into plain ones (keeping the pruned / shared values);
+:func:`strip` removes them and gives back the original weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Union
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .layers import parse_per_layer, prunable_layers, resolve_per_layer
+
+
+@dataclass(frozen=True)
+class StdThreshold:
+    """Han et al.'s rule: prune the weights with ``|w| < scale * std(w)`` in each layer."""
+
+    scale: float | Mapping[str, float]
+
+
+DensitySpec = Union[float, Mapping[str, float], StdThreshold]
+
+# Layer densities close to the Deep Compression SqueezeNet v1.0 release (1x1 and stem layers are
+# nearly dense there, 3x3 expands about a third dense, the classifier about a fifth).
+DEEP_COMPRESSION_DENSITIES = {"stem": 1.0, "conv1x1": 1.0, "conv3x3": 0.33, "classifier": 0.2}
+
+
+class PruningMask(nn.Module):
+    """Parametrization ``weight = original * mask`` with a boolean mask buffer."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def parse_density_spec(text: str) -> DensitySpec:
+    """``0.3`` (one global target), ``conv3x3=0.33,classifier=0.2`` (by layer/kind), ``std:0.7``
+    (Han's threshold) or ``deep-compression`` (the released SqueezeNet's layer densities)."""
+    if text == "deep-compression":
+        return dict(DEEP_COMPRESSION_DENSITIES)
+    if text.startswith("std:"):
+        return StdThreshold(parse_per_layer(text[4:], float, "--density std:"))
+    return parse_per_layer(text, float, "--density")
+
+
+def current_mask(module: nn.Module) -> torch.Tensor:
+    """The layer's current sparsity pattern: its parametrization's mask, else its non-zero weights."""
+    if parametrize.is_parametrized(module, "weight"):
+        for parametrization in module.parametrizations.weight:
+            mask = getattr(parametrization, "mask", None)
+            if mask is not None:
+                return mask.clone()
+    return module.weight.detach() != 0
+
+
+def magnitude_mask(weight: torch.Tensor, density: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep exactly ``round(density * numel)`` largest-magnitude weights (among ``allowed`` ones)."""
+    _check_density(density)
+    keep = round(density * weight.numel())
+    scores = weight.detach().abs().flatten().float()
+    if allowed is not None:
+        scores = torch.where(allowed.flatten(), scores, torch.full_like(scores, -1.0))
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask[torch.topk(scores, keep, sorted=False).indices] = True
+    return mask.view_as(weight)
+
+
+def _check_density(density: float) -> None:
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+
+
+def resolve_densities(model: nn.Module, spec: DensitySpec) -> dict[str, float]:
+    """Per-layer densities from a spec; a single float is one global magnitude threshold over all layers."""
+    layers = prunable_layers(model)
+    if isinstance(spec, StdThreshold):
+        scales = resolve_per_layer(model, spec.scale, "std threshold")
+        return {name: _std_density(layers[name].weight, scale) for name, scale in scales.items()}
+    if isinstance(spec, Mapping):
+        densities = resolve_per_layer(model, spec, "density")
+        for density in densities.values():
+            _check_density(density)
+        return densities
+    return _global_densities(layers, float(spec))
+
+
+def _std_density(weight: torch.Tensor, scale: float) -> float:
+    weight = weight.detach()
+    kept = int((weight.abs() >= scale * weight.std()).sum())
+    return max(kept, 1) / weight.numel()
+
+
+def _global_densities(layers: Mapping[str, nn.Module], density: float) -> dict[str, float]:
+    _check_density(density)
+    magnitudes = torch.cat([m.weight.detach().abs().flatten() for m in layers.values()])
+    keep = torch.zeros_like(magnitudes, dtype=torch.bool)
+    keep[torch.topk(magnitudes, round(density * magnitudes.numel()), sorted=False).indices] = True
+    densities, start = {}, 0
+    for name, module in layers.items():
+        count = module.weight.numel()
+        densities[name] = max(int(keep[start : start + count].sum()), 1) / count
+        start += count
+    return densities
+
+
+def prune(model: nn.Module, spec: DensitySpec) -> dict[str, float]:
+    """Magnitude-prune every layer the spec covers, in place; returns the densities reached.
+
+    Already-pruned weights stay pruned (densities only go down), so calling this repeatedly with
+    falling targets, with fine-tuning in between, is Han et al.'s iterative pruning.
+    """
+    layers = prunable_layers(model)
+    densities = resolve_densities(model, spec)
+    reached = {}
+    for name, density in densities.items():
+        module = layers[name]
+        allowed = current_mask(module)
+        mask = magnitude_mask(module.weight, min(density, allowed.float().mean().item()), allowed)
+        set_mask(module, mask)
+        reached[name] = mask.float().mean().item()
+    return reached
+
+
+def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    """Give ``module.weight`` the pruning mask ``mask`` (replacing any mask it already has)."""
+    if parametrize.is_parametrized(module, "weight"):
+        for parametrization in module.parametrizations.weight:
+            if isinstance(parametrization, PruningMask):
+                parametrization.mask.copy_(mask)
+                return
+        bake_module(module)
+    parametrize.register_parametrization(module, "weight", PruningMask(mask.to(module.weight.device)))
+
+
+def iterative_prune(
+    model: nn.Module, spec: DensitySpec, steps: int, fine_tune: Callable[[nn.Module, int], object]
+) -> dict[str, float]:
+    """Prune to ``spec`` in ``steps`` geometric steps, calling ``fine_tune(model, step)`` after each."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    targets = resolve_densities(model, spec)
+    reached: dict[str, float] = {}
+    for step in range(1, steps + 1):
+        reached = prune(model, {name: density ** (step / steps) for name, density in targets.items()})
+        fine_tune(model, step)
+    return reached
+
+
+def densities(model: nn.Module) -> dict[str, float]:
+    """Fraction of non-zero weights of every prunable layer."""
+    return {name: current_mask(m).float().mean().item() for name, m in prunable_layers(model).items()}
+
+
+def bake_module(module: nn.Module) -> None:
+    for tensor_name in list(getattr(module, "parametrizations", {})):
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Replace parametrized weights by their current values (pruned zeros, shared centroids), in place."""
+    for module in list(model.modules()):
+        bake_module(module)
+    return model
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` the model would have after :func:`bake`, without changing the model.
+
+    (Baking a ``copy.deepcopy`` instead is unsafe: the copy shares the parametrized module classes,
+    and removing a parametrization deletes the property from that shared class.)
+    """
+    state = {key: value for key, value in model.state_dict().items() if ".parametrizations." not in key}
+    for name, module in model.named_modules():
+        for tensor_name in getattr(module, "parametrizations", {}):
+            prefix = f"{name}." if name else ""
+            state[f"{prefix}{tensor_name}"] = getattr(module, tensor_name).detach()
+    return state
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Remove every parametrization, giving back the weights from before pruning / sharing, in place."""
+    for module in list(model.modules()):
+        for tensor_name in list(getattr(module, "parametrizations", {})):
+            parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
+    return model

@@ -1,0 +1,337 @@
+"""The ``.sqz`` compressed model file: write, read, inspect.
+
+Layout (little-endian)::
+
+    magic "SQZL" | uint16 version | uint16 flags (0) | uint32 metadata length
+    metadata: zlib-compressed JSON (model spec, preprocessing config, per-layer stream table)
+    body: for each weight-shared layer, in order: codebook (float32), index table, index payload,
+          position table, position payload; then every other state_dict tensor (raw, dtype in metadata)
+    uint32 CRC-32 of everything before it
+
+Weight-shared layers store only their kept weights: the cluster index of each (entropy-coded) and the
+sparsity pattern (entropy-coded, see :mod:`.positions`). Biases, batch-norm parameters and any layer
+without weight sharing are stored raw as float32 or, if asked, float16. Decoding rebuilds the model
+from its registered name and arguments; it never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from squeezelab.models.registry import ModelConfig, create_model
+from squeezelab.utils.files import atomic_write_bytes
+
+from .coding import EncodedStream, decode_stream, encode_symbols, entropy_bytes, symbol_counts
+from .layers import prunable_layers
+from .positions import decode_positions, encode_positions
+from .pruning import plain_state_dict
+from .report import LayerSize, SizeReport
+from .sharing import WeightSharing, set_weight_sharing, shared_layers
+
+MAGIC = b"SQZL"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sHHI")
+CHECKSUM = struct.Struct("<I")
+TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+class CompressedFileError(ValueError):
+    """The file is not a readable squeezelab compressed model (message names the file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodedLayer:
+    name: str
+    codebook: np.ndarray
+    indices: np.ndarray  # one per kept weight, in flattened order
+    mask: np.ndarray  # flattened booleans
+    shape: tuple[int, ...]
+    index_stream: EncodedStream
+    position_stream: EncodedStream | None
+
+
+def save_compressed(
+    model: nn.Module,
+    path: str | os.PathLike,
+    index_coder: str = "auto",
+    position_coder: str = "auto",
+    tensor_dtype: str = "float32",
+) -> SizeReport:
+    """Write ``model`` (its weight-shared layers entropy-coded, see :func:`quantize`) to ``path``.
+
+    ``index_coder`` is ``"huffman"``, ``"ans"`` or ``"auto"`` (smaller per layer); ``position_coder``
+    see :data:`.positions.POSITION_CODERS`. ``tensor_dtype`` (``"float32"`` or ``"float16"``) is how
+    biases and other small tensors are stored; float16 rounds them (the decoded model then differs from
+    ``model`` by that rounding only).
+    """
+    if tensor_dtype not in ("float32", "float16"):
+        raise ValueError(f"tensor_dtype must be 'float32' or 'float16', got {tensor_dtype!r}")
+    shared = shared_layers(model)
+    if not shared:
+        raise ValueError("the model has no weight-shared layer: run squeezelab.compress.quantize(model, bits) first")
+    spec = getattr(model, "model_spec", None)
+    if spec is None:
+        raise ValueError("model has no model_spec: build it with squeezelab.create_model")
+    layer_entries, sections, encoded = [], [], []
+    for name, sharing in shared.items():
+        entry, layer_sections, layer = _encode_layer(name, sharing, index_coder, position_coder)
+        layer_entries.append(entry)
+        sections += layer_sections
+        encoded.append(layer)
+    state = plain_state_dict(model)
+    coded_keys = {f"{name}.weight" for name in shared}
+    tensor_entries = []
+    for key, tensor in state.items():
+        if key in coded_keys:
+            continue
+        dtype = "int64" if not tensor.is_floating_point() else tensor_dtype
+        tensor_entries.append([key, dtype, list(tensor.shape)])
+        sections.append(_tensor_bytes(tensor, dtype))
+    cfg = getattr(model, "default_cfg", None)
+    metadata = {
+        "format": "squeezelab-compressed",
+        "model_spec": spec,
+        "default_cfg": cfg.to_dict() if isinstance(cfg, ModelConfig) else None,
+        "layers": layer_entries,
+        "tensors": tensor_entries,
+    }
+    data = _assemble(metadata, sections)
+    atomic_write_bytes(path, data)
+    return _size_report(encoded, tensor_entries, len(data), state)
+
+
+def _encode_layer(
+    name: str, sharing: WeightSharing, index_coder: str, position_coder: str
+) -> tuple[dict[str, Any], list[bytes], _DecodedLayer]:
+    mask = sharing.mask.detach().cpu().numpy().ravel()
+    indices = sharing.indices.detach().cpu().numpy().ravel()[mask]
+    codebook = sharing.codebook.detach().cpu().float().numpy()
+    index_stream = encode_symbols(indices, index_coder, alphabet=len(codebook))
+    position_stream = None if mask.all() else encode_positions(mask, position_coder)
+    entry = {
+        "name": name,
+        "shape": list(sharing.mask.shape),
+        "nonzeros": int(mask.sum()),
+        "clusters": len(codebook),
+        "index": [index_stream.coder, len(index_stream.table), len(index_stream.payload)],
+        "positions": None
+        if position_stream is None
+        else [position_stream.coder, len(position_stream.table), len(position_stream.payload), position_stream.count],
+    }
+    sections = [codebook.astype("<f4").tobytes(), index_stream.table, index_stream.payload]
+    if position_stream is not None:
+        sections += [position_stream.table, position_stream.payload]
+    layer = _DecodedLayer(name, codebook, indices, mask, tuple(sharing.mask.shape), index_stream, position_stream)
+    return entry, sections, layer
+
+
+def _tensor_bytes(tensor: torch.Tensor, dtype: str) -> bytes:
+    array = tensor.detach().cpu().to(TENSOR_DTYPES[dtype]).contiguous().numpy()
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def _assemble(metadata: dict[str, Any], sections: list[bytes]) -> bytes:
+    meta = zlib.compress(json.dumps(metadata, separators=(",", ":")).encode(), 9)
+    body = HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(meta)) + meta + b"".join(sections)
+    return body + CHECKSUM.pack(zlib.crc32(body))
+
+
+def _size_report(layers: list[_DecodedLayer], tensor_entries: list, file_bytes: int, state: dict) -> SizeReport:
+    tensor_sizes = {key: _tensor_nbytes(dtype, shape) for key, dtype, shape in tensor_entries}
+    rows = []
+    for layer in layers:
+        positions = layer.position_stream
+        rows.append(
+            LayerSize(
+                name=layer.name,
+                shape=layer.shape,
+                params=int(layer.mask.size),
+                nonzeros=int(layer.mask.sum()),
+                clusters=len(layer.codebook),
+                codebook_bytes=4 * len(layer.codebook),
+                index_coder=layer.index_stream.coder,
+                index_bytes=layer.index_stream.nbytes,
+                index_limit_bytes=layer.index_stream.entropy_bytes,
+                position_coder=positions.coder if positions else "dense",
+                position_bytes=positions.nbytes if positions else 0,
+                position_limit_bytes=positions.entropy_bytes if positions else 0.0,
+                bias_bytes=tensor_sizes.pop(f"{layer.name}.bias", 0),
+            )
+        )
+    other = sum(tensor_sizes.values())
+    coded = sum(row.total_bytes for row in rows) + other
+    parameters = sum(t.numel() for key, t in state.items() if t.is_floating_point() and not _is_buffer_key(key))
+    return SizeReport(rows, other, file_bytes - coded, file_bytes, 4 * parameters)
+
+
+def _tensor_nbytes(dtype: str, shape: list[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=TENSOR_DTYPES[dtype]).element_size()
+
+
+def _is_buffer_key(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def load_compressed(path: str | os.PathLike, parametrized: bool = False) -> nn.Module:
+    """Decode a ``.sqz`` file into a ready model (in eval mode).
+
+    With ``parametrized=True`` the weight-shared layers keep their codebook/assignment parametrization,
+    so the centroids can be fine-tuned further. A missing, truncated, corrupted or foreign file raises
+    an error naming the file; no model is returned unless every part decoded and fitted.
+    """
+    metadata, layers, tensors = _read(path)
+    try:
+        model = _build_model(metadata, layers, tensors, parametrized)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CompressedFileError(f"{path}: {_first_line(exc)}") from None
+    return model.eval()
+
+
+def inspect_compressed(path: str | os.PathLike) -> SizeReport:
+    """The size report of a ``.sqz`` file (decodes the streams to measure their Shannon limits)."""
+    metadata, layers, tensors = _read(path)
+    file_bytes = Path(path).stat().st_size
+    return _size_report(layers, metadata["tensors"], file_bytes, _plain_state(layers, tensors))
+
+
+def _plain_state(layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = dict(tensors)
+    for layer in layers:
+        state[f"{layer.name}.weight"] = _layer_weight(layer)
+    return state
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], list[_DecodedLayer], dict[str, torch.Tensor]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    data = path.read_bytes()
+    try:
+        metadata, body = _checked_parts(data)
+        return metadata, *_decode_body(metadata, body)
+    except CompressedFileError as exc:
+        raise CompressedFileError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
+        raise CompressedFileError(f"{path}: damaged compressed model ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _checked_parts(data: bytes) -> tuple[dict[str, Any], memoryview]:
+    if len(data) < HEADER.size + CHECKSUM.size or data[:4] != MAGIC:
+        raise CompressedFileError("not a squeezelab compressed model (no 'SQZL' header)")
+    (stored,) = CHECKSUM.unpack_from(data, len(data) - CHECKSUM.size)
+    if zlib.crc32(data[: -CHECKSUM.size]) != stored:
+        raise CompressedFileError("checksum mismatch: the file is truncated or corrupted")
+    _, version, _, meta_length = HEADER.unpack_from(data)
+    if version > FORMAT_VERSION:
+        raise CompressedFileError(f"format version {version} is newer than this squeezelab reads ({FORMAT_VERSION})")
+    start = HEADER.size
+    try:
+        metadata = json.loads(zlib.decompress(data[start : start + meta_length]))
+    except (zlib.error, json.JSONDecodeError) as exc:
+        raise CompressedFileError(f"unreadable metadata ({exc})") from None
+    if metadata.get("format") != "squeezelab-compressed":
+        raise CompressedFileError("metadata is not a squeezelab compressed model")
+    return metadata, memoryview(data)[start + meta_length : -CHECKSUM.size]
+
+
+class _Reader:
+    def __init__(self, body: memoryview) -> None:
+        self.body = body
+        self.offset = 0
+
+    def take(self, length: int) -> bytes:
+        if length < 0 or self.offset + length > len(self.body):
+            raise CompressedFileError("a section runs past the end of the file")
+        chunk = bytes(self.body[self.offset : self.offset + length])
+        self.offset += length
+        return chunk
+
+
+def _decode_body(
+    metadata: dict[str, Any], body: memoryview
+) -> tuple[list[_DecodedLayer], dict[str, torch.Tensor]]:
+    reader = _Reader(body)
+    layers = [_decode_layer(entry, reader) for entry in metadata["layers"]]
+    tensors = {}
+    for key, dtype, shape in metadata["tensors"]:
+        raw = reader.take(_tensor_nbytes(dtype, shape))
+        array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
+        tensor = torch.from_numpy(array.reshape(shape))
+        tensors[key] = tensor.float() if dtype == "float16" else tensor
+    if reader.offset != len(body):
+        raise CompressedFileError(f"{len(body) - reader.offset} unexpected bytes after the last section")
+    return layers, tensors
+
+
+def _decode_layer(entry: dict[str, Any], reader: _Reader) -> _DecodedLayer:
+    shape = tuple(int(s) for s in entry["shape"])
+    numel = int(np.prod(shape, dtype=np.int64))
+    nonzeros, clusters = int(entry["nonzeros"]), int(entry["clusters"])
+    codebook = np.frombuffer(reader.take(4 * clusters), dtype="<f4").astype(np.float32)
+    index_coder, table_length, payload_length = entry["index"]
+    index_stream = EncodedStream(index_coder, reader.take(table_length), reader.take(payload_length), nonzeros, 0.0)
+    indices = decode_stream(index_coder, index_stream.table, index_stream.payload, nonzeros)
+    if len(indices) and (indices.max() >= clusters or indices.min() < 0):
+        raise CompressedFileError(f"layer {entry['name']}: cluster index outside its codebook")
+    index_stream = _with_limit(index_stream, indices)
+    position_stream = None
+    if entry["positions"] is None:
+        mask = np.ones(numel, dtype=bool)
+    else:
+        coder, table_length, payload_length, count = entry["positions"]
+        position_stream = EncodedStream(coder, reader.take(table_length), reader.take(payload_length), count, 0.0)
+        mask, symbols = decode_positions(coder, position_stream.table, position_stream.payload, count, numel)
+        position_stream = _with_limit(position_stream, symbols)
+    if int(mask.sum()) != nonzeros:
+        raise CompressedFileError(f"layer {entry['name']}: position stream does not match its weight count")
+    return _DecodedLayer(entry["name"], codebook, indices, mask, shape, index_stream, position_stream)
+
+
+def _with_limit(stream: EncodedStream, symbols: np.ndarray) -> EncodedStream:
+    return dataclasses.replace(stream, entropy_bytes=entropy_bytes(symbol_counts(symbols)))
+
+
+def _layer_weight(layer: _DecodedLayer) -> torch.Tensor:
+    weight = np.zeros(layer.mask.size, dtype=np.float32)
+    weight[layer.mask] = layer.codebook[layer.indices]
+    return torch.from_numpy(weight.reshape(layer.shape))
+
+
+def _build_model(
+    metadata: dict[str, Any], layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor], parametrized: bool
+) -> nn.Module:
+    spec = metadata["model_spec"]
+    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    model.load_state_dict(_plain_state(layers, tensors), strict=True)
+    if parametrized:
+        modules = prunable_layers(model)
+        for layer in layers:
+            indices = np.zeros(layer.mask.size, dtype=np.int64)
+            indices[layer.mask] = layer.indices
+            set_weight_sharing(
+                modules[layer.name],
+                torch.from_numpy(layer.codebook),
+                torch.from_numpy(indices.reshape(layer.shape)),
+                torch.from_numpy(layer.mask.reshape(layer.shape)),
+            )
+    if metadata.get("default_cfg"):
+        model.default_cfg = ModelConfig.from_dict(metadata["default_cfg"])
+    return model

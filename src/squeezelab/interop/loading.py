@@ -1,0 +1,117 @@
+"""Load any model file squeezelab knows, detecting its format from the first bytes.
+
+* squeezelab model files and training checkpoints (``torch.save`` dicts with a ``format`` header);
+* plain ``state_dict`` files such as torchvision's ``.pth`` checkpoints (the architecture is named by ``arch``);
+* squeezelab compressed ``.sqz`` files (``SQZL`` magic), decoded by :mod:`squeezelab.compress`;
+* the Deep Compression SqueezeNet release (``compressed_SqueezeNet.net``).
+
+Everything is read with ``weights_only=True`` or as raw bytes: no file ever executes code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from squeezelab.models import create_model
+from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record
+from squeezelab.utils.files import safe_torch_load
+
+from .caffe import import_caffe_compressed
+from .classes import IMAGENET_NUM_CLASSES, imagenet_class_names
+
+SQZ_MAGIC = b"SQZL"
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_2 = b"\x80\x02"  # torch's legacy (pre-1.6) serialization starts with a pickle header
+# Wrappers that training scripts put around a state_dict.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"squeezelab-compressed"``, ``"torch"`` (a ``torch.save`` file) or ``"caffe-deep-compression"``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head == SQZ_MAGIC:
+        return "squeezelab-compressed"
+    if head == ZIP_MAGIC or head.startswith(PICKLE_PROTOCOL_2):
+        return "torch"
+    return "caffe-deep-compression"
+
+
+def load_any_model(path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None) -> nn.Module:
+    """The model in ``path``, in eval mode, with ``default_cfg`` and ``model_spec`` set.
+
+    ``arch`` (a registered model name) is needed only for plain state dicts; ``num_classes`` defaults to the
+    architecture's. Errors name the file and say what was expected.
+    """
+    kind = detect_format(path)
+    if kind == "squeezelab-compressed":
+        from squeezelab.compress import load_compressed  # optional heavy import, only for .sqz files
+
+        return load_compressed(path).eval()
+    if kind == "caffe-deep-compression":
+        return import_caffe_compressed(path)
+    content = safe_torch_load(path)
+    if isinstance(content, Mapping) and content.get("format") == MODEL_FILE_FORMAT:
+        return model_from_record(dict(content), source=str(path)).eval()
+    return model_from_state_dict(_state_dict_of(content, path), arch, num_classes, source=str(path))
+
+
+def load_torchvision_checkpoint(path: str | os.PathLike, arch: str, num_classes: int | None = None) -> nn.Module:
+    """A torchvision-style ``.pth`` state dict loaded strictly into the registered model ``arch``."""
+    return model_from_state_dict(_state_dict_of(safe_torch_load(path), path), arch, num_classes, source=str(path))
+
+
+def _state_dict_of(content: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    if isinstance(content, Mapping):
+        for key in STATE_DICT_KEYS:
+            if isinstance(content.get(key), Mapping):
+                content = content[key]
+                break
+    if not isinstance(content, Mapping) or not content or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ValueError(f"{path}: neither a squeezelab model file nor a state_dict of tensors")
+    # nn.DataParallel / DistributedDataParallel save every key under "module.".
+    if all(key.startswith("module.") for key in content):
+        return {key[len("module."):]: value for key, value in content.items()}
+    return dict(content)
+
+
+def model_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor], arch: str | None, num_classes: int | None = None, source: str = "state_dict"
+) -> nn.Module:
+    """Build ``arch`` and load ``state_dict`` strictly; 1000-class models get the ImageNet class names."""
+    if arch is None:
+        raise ValueError(f"{source}: a plain state_dict does not name its architecture; pass arch (--arch), e.g. squeezenet1_0")
+    model = create_model(arch, num_classes=num_classes)
+    mismatch = state_dict_mismatch(model.state_dict(), state_dict)
+    if mismatch:
+        raise ValueError(f"{source}: weights do not fit {arch}: {mismatch}")
+    model.load_state_dict(state_dict, strict=True)
+    if model.default_cfg.num_classes == IMAGENET_NUM_CLASSES and not model.default_cfg.class_names:
+        model.default_cfg = replace(model.default_cfg, class_names=imagenet_class_names())
+    return model.eval()
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """A one-line summary of missing keys, unexpected keys and shape differences ("" if ``found`` fits)."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    shapes = [
+        f"{key} {tuple(found[key].shape)} in the file, {tuple(value.shape)} in the model"
+        for key, value in expected.items()
+        if key in found and tuple(found[key].shape) != tuple(value.shape)
+    ]
+    parts = [
+        f"{len(items)} {what} (first: {items[0]})"
+        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape differences", shapes))
+        if items
+    ]
+    return "; ".join(parts)

@@ -1,0 +1,31 @@
+"""Training and evaluation: ``TrainConfig``, ``fit``, ``evaluate``, runs from a config, the quickstart."""
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .engine import FitResult, NonFiniteLossError, fit
+from .evaluate import evaluate
+from .recipes import (
+    QUICKSTART_CONFIG,
+    build_run_data,
+    build_run_model,
+    default_run_dir,
+    quickstart,
+    resume_training,
+    train_from_config,
+)
+
+__all__ = [
+    "FitResult",
+    "NonFiniteLossError",
+    "QUICKSTART_CONFIG",
+    "TrainConfig",
+    "build_run_data",
+    "build_run_model",
+    "default_run_dir",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "quickstart",
+    "resume_training",
+    "train_from_config",
+]

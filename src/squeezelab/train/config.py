@@ -1,0 +1,144 @@
+"""``TrainConfig``: every setting of a training run, saved as YAML/JSON so a run can be repeated exactly."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from squeezelab.utils.files import atomic_write_text
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "poly", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Model, data and optimisation settings of one run (see docs/training.md for each field)."""
+
+    # model (used by train_from_config; fit() takes a built model and records its spec here)
+    model: str = "squeezenet1_1_cifar"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # data
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    input_size: list[int] | None = None  # [H, W]; None: the model's default
+    in_chans: int | None = None  # None: the model's default
+    val_fraction: float = 0.1
+    augment: bool = True
+    limit: int | None = None
+    workers: int | None = None
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0  # final lr / peak lr for cosine and poly
+    step_size: int = 30  # epochs, for "step"
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 80])  # epochs, for "multistep"
+    gamma: float = 0.1
+    power: float = 1.0  # "poly": 1.0 is the SqueezeNet paper's linear decay
+    onecycle_pct_start: float = 0.25
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm
+    accumulate: int = 1  # optimizer step every `accumulate` batches
+    # execution
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_choice("optimizer", OPTIMIZERS)
+        self._check_choice("schedule", SCHEDULES)
+        self._check_choice("device", DEVICES)
+        self._check_choice("amp", AMP_MODES)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accumulate": self.accumulate, "step_size": self.step_size}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config {name}: must be a positive integer, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"config lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.label_smoothing < 0 or self.label_smoothing >= 1:
+            raise ValueError("config weight_decay must be >= 0 and label_smoothing in [0, 1)")
+        if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs):
+            raise ValueError(f"config warmup_epochs: must be in [0, epochs), got {self.warmup_epochs}")
+        if not 0.0 < self.onecycle_pct_start < 1.0:
+            raise ValueError(f"config onecycle_pct_start: must be in (0, 1), got {self.onecycle_pct_start}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"config grad_clip: must be > 0 or null, got {self.grad_clip}")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"config {name}: must be one of {', '.join(choices)}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{source}: unknown setting {key!r}{hint}")
+        try:
+            return cls(**{key: _coerced(cls, key, value) for key, value in data.items()})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write as YAML (``.yaml``/``.yml``) or JSON (``.json``), atomically."""
+        path = Path(path)
+        if path.suffix == ".json":
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        else:
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write_text(path, text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise FileNotFoundError(f"{path}: cannot read config ({exc.strerror})") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data or {}, source=str(path))
+
+    def updated(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied (None values are ignored), validated."""
+        return TrainConfig.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def _coerced(cls: type, key: str, value: Any) -> Any:
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string: accept such numbers for float settings."""
+    annotation = next(f.type for f in fields(cls) if f.name == key)
+    if isinstance(value, str) and str(annotation).startswith("float"):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"setting {key!r}: expected a number, got {value!r}") from None
+    return value

@@ -1,0 +1,351 @@
+"""``fit``: the training loop (any classifier ``nn.Module``), with validation-based model selection, resumable
+checkpoints, mixed precision, gradient accumulation/clipping and DistributedDataParallel."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from squeezelab.data import DatasetSplits, Loaders, build_loaders, epoch_seed
+from squeezelab.models.profile import count_params
+from squeezelab.models.registry import ModelConfig
+
+from .checkpoint import BEST, LAST, load_checkpoint, load_weights
+from .config import TrainConfig
+from .device import DistInfo, autocast, grad_scaler, init_distributed, resolve_amp, resolve_device
+from .evaluate import evaluate
+from .optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch
+from .rundir import RunDir
+
+CHECK_EVERY = 20  # batches between host syncs for the progress bar and the NaN check
+RESUMABLE_KEYS_IGNORED = ("workers", "eval_batch_size", "device")  # settings that do not change the result
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns. ``model`` holds the best-by-validation weights (the last ones without a val split)."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_top1: float | None
+    test: dict[str, Any] | None
+    run_dir: Path | None
+    seconds: float
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_top1: float | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0
+
+
+def fit(
+    model: nn.Module,
+    config: TrainConfig,
+    data: DatasetSplits | Loaders,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    evaluate_test: bool = True,
+) -> FitResult:
+    """Train ``model`` as ``config`` says on ``data`` (splits, or loaders from ``build_loaders``).
+
+    Works for any classifier module returning ``(N, classes)`` logits, including modules with
+    ``torch.nn.utils.parametrize`` parametrizations: parameters are found by shape, never by name. After
+    training the model holds the weights of the epoch with the best validation top-1 and is evaluated once on
+    the test split. With ``run_dir`` every epoch writes checkpoints, metrics and plots there (see
+    ``squeezelab.train.rundir``); ``resume=True`` continues from ``run_dir/last.pt``. Under ``torchrun`` the
+    model is wrapped in ``DistributedDataParallel`` and only rank 0 writes files or logs.
+    """
+    dist_info, own_group = _join_process_group(config)
+    device = resolve_device(config.device, dist_info.local_rank)
+    amp = resolve_amp(config.amp, device)
+    loaders = data if isinstance(data, Loaders) else _loaders(data, config, dist_info)
+    if loaders.train is None:
+        raise ValueError(f"dataset {loaders.splits.name!r} has no training split")
+    _record_preprocessing(model, loaders.splits)
+    config = _with_model_spec(config, model)
+    say = log if (log is not None and dist_info.is_main) else (lambda _message: None)
+    show_bars = progress and dist_info.is_main
+    run = RunDir(run_dir, enabled=dist_info.is_main)
+
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = optimizer_steps_per_epoch(len(loaders.train), config.accumulate)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    scaler = grad_scaler(device, amp)
+    state = _State()
+    if resume:
+        state = _resume(run, model, optimizer, scheduler, scaler, config, say)
+    run.write_config(config)
+    train_model = _wrap(model, config, device, dist_info)
+
+    say(f"training {config.model} on {loaders.splits.describe()} | {device}, amp {_dtype_name(amp)}, "
+        f"{count_params(model):,} parameters, {config.epochs} epochs")
+    try:
+        for epoch in range(state.epoch, config.epochs):
+            epoch_start = time.perf_counter()
+            _seed_epoch(config.seed, epoch, dist_info.rank)
+            loaders.train.set_epoch(epoch)
+            train = _train_epoch(train_model, loaders.train, optimizer, scheduler, scaler, config, device, amp, epoch, show_bars)
+            val = evaluate(model, loaders.val, device, amp=amp, channels_last=config.channels_last) if loaders.val else None
+            row = _history_row(epoch, train, val, optimizer, time.perf_counter() - epoch_start)
+            state.history.append(row)
+            improved = val is None or state.best_val_top1 is None or val["top1"] > state.best_val_top1
+            if improved:
+                state.best_epoch, state.best_val_top1 = epoch + 1, (val["top1"] if val else None)
+                state.best_weights = _cpu_copy(model.state_dict())
+            state.epoch = epoch + 1
+            state.seconds += row["epoch_time"]
+            _save_epoch(run, model, optimizer, scheduler, scaler, config, state, improved)
+            say(_epoch_line(row, config.epochs, improved and val is not None))
+    except NonFiniteLossError as exc:
+        last = run.file(LAST)
+        kept = f"last good checkpoint: {last} (epoch {state.epoch})" if last is not None and state.epoch else "no checkpoint written"
+        raise NonFiniteLossError(f"{exc}; stopped, {kept}") from None
+    except KeyboardInterrupt:
+        if run.path is not None and dist_info.is_main:
+            print(f"\ninterrupted: resume with `squeezelab train --resume {run.path}`", file=sys.stderr)
+        raise
+
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    test = None
+    if evaluate_test and loaders.test is not None:
+        test = evaluate(model, loaders.test, device, amp=amp, channels_last=config.channels_last, progress=show_bars, desc="test")
+        say(f"test (best epoch {state.best_epoch}): top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  loss {test['loss']:.4f}")
+    result = FitResult(model, state.history, state.best_epoch, state.best_val_top1, test, run.path, state.seconds)
+    run.write_results(_results_json(result, config, loaders.splits, model), test["confusion"] if test else None, loaders.splits.class_names)
+    if own_group:
+        dist.destroy_process_group()
+    return result
+
+
+def _join_process_group(config: TrainConfig) -> tuple[DistInfo, bool]:
+    was_initialized = dist.is_available() and dist.is_initialized()
+    info = init_distributed(config.device)
+    return info, info.enabled and not was_initialized
+
+
+def _loaders(splits: DatasetSplits, config: TrainConfig, dist_info: DistInfo) -> Loaders:
+    return build_loaders(
+        splits,
+        config.batch_size,
+        config.workers,
+        distributed=dist_info.enabled,
+        eval_batch_size=config.eval_batch_size,
+        seed=config.seed,
+    )
+
+
+def _record_preprocessing(model: nn.Module, splits: DatasetSplits) -> None:
+    """Store the data's input size, statistics and class names in the model's ``default_cfg``.
+
+    Exported files and ``squeezelab eval`` then preprocess images exactly as in training.
+    """
+    cfg = getattr(model, "default_cfg", None)
+    if isinstance(cfg, ModelConfig):
+        if cfg.num_classes != splits.num_classes:
+            raise ValueError(f"the model outputs {cfg.num_classes} classes but {splits.name} has {splits.num_classes}")
+        model.default_cfg = splits.model_config(cfg)
+
+
+def _with_model_spec(config: TrainConfig, model: nn.Module) -> TrainConfig:
+    spec = getattr(model, "model_spec", None)
+    if not spec:
+        return config
+    return config.updated(model=spec["name"], model_kwargs=dict(spec.get("kwargs", {})))
+
+
+def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, dist_info: DistInfo) -> nn.Module:
+    wrapped = model
+    if dist_info.enabled:
+        if config.sync_bn and device.type == "cuda":
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed every global random stream (dropout, user code) from (seed, epoch, rank), like the loaders."""
+    value = epoch_seed(seed, epoch, 2 + rank)
+    torch.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value % (1 << 32))
+
+
+def _train_epoch(model, loader, optimizer, scheduler, scaler, config: TrainConfig, device, amp, epoch: int, show_bar: bool) -> dict:
+    model.train()
+    batches = len(loader)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not show_bar, leave=False, dynamic_ncols=True)
+    with bar:
+        for index, (images, labels) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            step_now = (index + 1) % config.accumulate == 0 or index + 1 == batches
+            # Under DDP, gradients are only all-reduced on the batch that ends an accumulation group.
+            sync = contextlib.nullcontext() if step_now or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with autocast(device, amp):
+                    logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                scaler.scale(loss / config.accumulate).backward()
+            if step_now:
+                if config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            loss_sum += loss.detach().double() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+            bar.update()
+            if (index + 1) % CHECK_EVERY == 0 or index + 1 == batches:
+                running = float(loss_sum) / seen
+                if not math.isfinite(running):
+                    raise NonFiniteLossError(f"training loss became {running} at epoch {epoch + 1}, batch {index + 1}")
+                bar.set_postfix(loss=f"{running:.4f}", acc=f"{100.0 * int(correct) / seen:.2f}%", refresh=False)
+    seconds = time.perf_counter() - start
+    totals = torch.tensor([float(loss_sum), float(correct), float(seen)], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized() and getattr(loader, "sharded", False):
+        dist.all_reduce(totals)
+    loss_total, correct_total, seen_total = totals.tolist()
+    return {"loss": loss_total / seen_total, "top1": 100.0 * correct_total / seen_total, "images_per_s": seen_total / seconds}
+
+
+def _history_row(epoch: int, train: dict, val: dict | None, optimizer, seconds: float) -> dict[str, Any]:
+    return {
+        "epoch": epoch + 1,
+        "train_loss": train["loss"],
+        "train_top1": train["top1"],
+        "val_loss": val["loss"] if val else None,
+        "val_top1": val["top1"] if val else None,
+        "val_top5": val["top5"] if val else None,
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": train["images_per_s"],
+        "epoch_time": seconds,
+    }
+
+
+def _epoch_line(row: dict, epochs: int, best: bool) -> str:
+    val = f" | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}%" if row["val_top1"] is not None else ""
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.2f}%{val}"
+        f" | lr {row['lr']:.3g} | {row['images_per_s']:,.0f} img/s | {row['epoch_time']:.1f} s{' *' if best else ''}"
+    )
+
+
+def _cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+def _training_state(optimizer, scheduler, scaler, config: TrainConfig, state: _State) -> dict[str, Any]:
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": state.epoch,
+        "history": state.history,
+        "best_epoch": state.best_epoch,
+        "best_val_top1": state.best_val_top1,
+        "seconds": state.seconds,
+        "config": config.to_dict(),
+    }
+
+
+def _save_epoch(run: RunDir, model, optimizer, scheduler, scaler, config: TrainConfig, state: _State, improved: bool) -> None:
+    if not run.enabled:
+        return
+    training = _training_state(optimizer, scheduler, scaler, config, state)
+    if improved:
+        run.write_checkpoint(BEST, model, **training)
+    run.write_checkpoint(LAST, model, **training)
+    run.write_epoch(state.history, f"{config.model} on {config.dataset}")
+
+
+def _resume(run: RunDir, model, optimizer, scheduler, scaler, config: TrainConfig, say) -> _State:
+    last = run.file(LAST)
+    if last is None:
+        raise ValueError("resume needs a run directory")
+    if not last.is_file():
+        raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+    record = load_checkpoint(last)
+    _check_same_config(record.get("config", {}), config, last)
+    load_weights(model, record, str(last))
+    optimizer.load_state_dict(record["optimizer"])
+    scheduler.load_state_dict(record["scheduler"])
+    scaler.load_state_dict(record["scaler"])
+    best_file = run.file(BEST)
+    best_weights = load_checkpoint(best_file)["state_dict"] if best_file.is_file() else None
+    state = _State(record["epoch"], list(record["history"]), record["best_epoch"], record["best_val_top1"], best_weights, record.get("seconds", 0.0))
+    say(f"resuming {run.path} after epoch {state.epoch}")
+    return state
+
+
+def _check_same_config(saved: dict[str, Any], config: TrainConfig, source: Path) -> None:
+    # Compare as JSON: tuples in model_kwargs come back from a YAML config as lists.
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(config.to_dict()))
+    changed = sorted(k for k in current if k not in RESUMABLE_KEYS_IGNORED and saved.get(k) != current[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
+        raise ValueError(f"{source}: the run was started with other settings ({details}); resume with its own config.yaml")
+
+
+def _results_json(result: FitResult, config: TrainConfig, splits: DatasetSplits, model: nn.Module) -> dict[str, Any]:
+    test = result.test or {}
+    return {
+        "model": config.model,
+        "model_kwargs": config.model_kwargs,
+        "dataset": f"{splits.name} ({splits.describe()})",
+        "params": count_params(model),
+        "epochs": result.history[-1]["epoch"] if result.history else 0,
+        "best_epoch": result.best_epoch,
+        "best_val_top1": result.best_val_top1,
+        "train_seconds": result.seconds,
+        "test": {k: test[k] for k in ("top1", "top5", "loss", "images", "images_per_s") if k in test},
+        "test_per_class": dict(zip(splits.class_names, test.get("per_class", []))),
+    }
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return "off" if dtype is None else str(dtype).replace("torch.", "")

@@ -1,0 +1,81 @@
+"""Optimisers and learning-rate schedules from a :class:`TrainConfig`.
+
+Schedules advance once per optimizer step. All but one-cycle are a ``LambdaLR`` multiplier with optional
+linear warm-up (the pattern of ``transformers.get_cosine_schedule_with_warmup``); one-cycle is torch's
+``OneCycleLR`` (which has its own warm-up and cycles momentum).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+from .config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: weight decay on matrices and kernels, none on biases/norms (1-D).
+
+    Decided by shape, not by name, so it works for any module, including ``torch.nn.utils.parametrize`` ones.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
+    groups = parameter_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=tuple(config.betas))
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+    return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum)
+
+
+def optimizer_steps_per_epoch(batches_per_epoch: int, accumulate: int) -> int:
+    return max(1, math.ceil(batches_per_epoch / accumulate))
+
+
+def build_scheduler(optimizer: Optimizer, config: TrainConfig, steps_per_epoch: int) -> LRScheduler:
+    """The configured schedule over ``config.epochs * steps_per_epoch`` optimizer steps."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return OneCycleLR(
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total,
+            pct_start=config.onecycle_pct_start,
+            # Cycling momentum (or Adam's beta1) is part of one-cycle, but must not add momentum where none was set.
+            cycle_momentum=config.optimizer in ("adam", "adamw") or config.momentum > 0,
+        )
+    return LambdaLR(optimizer, partial(lr_multiplier, config=config, steps_per_epoch=steps_per_epoch))
+
+
+def lr_multiplier(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Factor applied to the peak ``lr`` at optimizer step ``step`` (0-based)."""
+    total = config.epochs * steps_per_epoch
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    epoch = step // steps_per_epoch
+    floor = config.min_lr_ratio
+    if config.schedule == "step":
+        return config.gamma ** (epoch // config.step_size)
+    if config.schedule == "multistep":
+        return config.gamma ** sum(epoch >= m for m in config.milestones)
+    if config.schedule == "cosine":
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.schedule == "poly":
+        return floor + (1.0 - floor) * (1.0 - progress) ** config.power
+    return 1.0
