@@ -23,21 +23,34 @@ def _output_size_of(module: nn.Module, model: nn.Module, x: torch.Tensor) -> tup
 def test_torchvision_checkpoint_gives_identical_outputs(name, input_side):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)().eval()
-    model = create_model(name).eval()
-    model.load_state_dict(reference.state_dict(), strict=True)
+    with torch.device("meta"):  # skip our own random init: every weight comes from the checkpoint
+        model = create_model(name).eval()
+    model.load_state_dict(reference.state_dict(), strict=True, assign=True)
     x = torch.randn(1, 3, input_side, input_side)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
 
 
-def test_squeezed_vgg19_uses_1x1_convs_except_in_the_last_block():
-    model = build_vgg19(squeezed=True, batch_norm=True)
-    kernels = [m.kernel_size[0] for m in model.features if isinstance(m, nn.Conv2d)]
+@pytest.mark.parametrize("input_scale", ["imagenet", "small"])
+def test_squeezed_vgg19_uses_1x1_convs_except_in_the_last_block(input_scale):
+    with torch.device("meta"):  # shapes only: no memory or init time for 134M parameters
+        squeezed = build_vgg19(input_scale, squeezed=True, batch_norm=True)
+        plain = build_vgg19(input_scale, batch_norm=True)
+    kernels = [m.kernel_size[0] for m in squeezed.features if isinstance(m, nn.Conv2d)]
     assert kernels == [1] * 12 + [3] * 4
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.features) == 16
-    assert count_params(create_model("vgg19_squeezed")) == 134_261_288
-    plain = create_model("vgg19")
-    assert create_model("vgg19_squeezed").state_dict().keys() == plain.state_dict().keys()
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in squeezed.features) == 16
+    assert squeezed.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_imagenet_baseline_parameter_counts():
+    with torch.device("meta"):
+        counts = {name: count_params(create_model(name)) for name in ("alexnet", "vgg19", "vgg19_bn", "vgg19_squeezed")}
+    assert counts == {
+        "alexnet": 61_100_840,
+        "vgg19": 143_667_240,
+        "vgg19_bn": 143_678_248,
+        "vgg19_squeezed": 134_261_288,
+    }
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,9 @@ def test_cifar_stem_keeps_32x32_until_stage2():
     model = create_model("sqnxt23_w1_cifar")
     sizes = {}
     for name in ("stem", "stage1", "stage2", "stage3", "stage4"):
-        getattr(model.features, name).register_forward_hook(lambda _m, _i, out, name=name: sizes.__setitem__(name, out.shape[-1]))
+        getattr(model.features, name).register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, out.shape[-1])
+        )
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     assert sizes == {"stem": 32, "stage1": 32, "stage2": 16, "stage3": 8, "stage4": 4}
@@ -93,7 +95,9 @@ def test_hp_variants_have_one_block_per_stage_and_an_elu_option():
 
 def test_generator_builds_named_configurations():
     named, generated = create_model("sqnxt23v5_w1_5"), create_model("squeezenext_generator", depths="23v5", width=1.5)
-    assert {k: v.shape for k, v in named.state_dict().items()} == {k: v.shape for k, v in generated.state_dict().items()}
+    assert {k: v.shape for k, v in named.state_dict().items()} == {
+        k: v.shape for k, v in generated.state_dict().items()
+    }
     custom = create_model("squeezenext_generator", depths=[1, 2, 3, 1], stem="cifar")
     assert len(_blocks(custom)) == 7
 

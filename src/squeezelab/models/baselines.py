@@ -26,7 +26,9 @@ import torch.nn as nn
 from .registry import CIFAR10_CFG, IMAGENET_CFG, MNIST_CFG, register_model
 
 POOL = "M"
-VGG19_PLAN = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL, 512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL)
+VGG19_PLAN = (
+    64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL, 512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL
+)
 INPUT_SCALES = ("imagenet", "small")
 
 
@@ -137,7 +139,12 @@ class VGG(nn.Module):
     """
 
     def __init__(
-        self, features: nn.Sequential, map_size: int = 7, hidden: int = 4096, num_classes: int = 1000, dropout: float = 0.5
+        self,
+        features: nn.Sequential,
+        map_size: int = 7,
+        hidden: int = 4096,
+        num_classes: int = 1000,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         self.features = features

@@ -1,6 +1,6 @@
 """Training and evaluation: ``TrainConfig``, ``fit``, ``evaluate``, runs from a config, the quickstart."""
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_trained_model
 from .config import TrainConfig
 from .engine import FitResult, NonFiniteLossError, fit
 from .evaluate import evaluate
@@ -9,6 +9,7 @@ from .recipes import (
     build_run_data,
     build_run_model,
     default_run_dir,
+    evaluate_checkpoint,
     quickstart,
     resume_training,
     train_from_config,
@@ -23,8 +24,10 @@ __all__ = [
     "build_run_model",
     "default_run_dir",
     "evaluate",
+    "evaluate_checkpoint",
     "fit",
     "load_checkpoint",
+    "load_trained_model",
     "quickstart",
     "resume_training",
     "train_from_config",

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-from squeezelab.models.files import model_record
+from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record, model_record
+from squeezelab.models.registry import create_model
 from squeezelab.utils.files import atomic_torch_save, safe_torch_load
 
 STATE_FORMAT = "squeezelab-state"
@@ -44,3 +46,31 @@ def load_weights(model: nn.Module, record: dict[str, Any], source: str) -> None:
         model.load_state_dict(record["state_dict"], strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{source}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
+
+
+def load_trained_model(path: str | Path, model_name: str | None = None, num_classes: int | None = None) -> nn.Module:
+    """A model from a squeezelab model file or checkpoint, or from a bare ``state_dict`` file and ``model_name``.
+
+    Model files carry their architecture; a bare ``state_dict`` (e.g. torchvision's weights) needs the
+    registered ``model_name`` (and ``num_classes`` if it differs from the model's default).
+    """
+    return trained_model_from_record(safe_torch_load(path), str(path), model_name, num_classes)
+
+
+def trained_model_from_record(
+    record: Any, path: str, model_name: str | None = None, num_classes: int | None = None
+) -> nn.Module:
+    """:func:`load_trained_model` for an already loaded file (``path`` names it in errors)."""
+    if isinstance(record, dict) and record.get("format") == MODEL_FILE_FORMAT:
+        spec_name = record["model_spec"]["name"]
+        if model_name is not None and model_name != spec_name:
+            raise ValueError(f"{path}: holds a {spec_name!r} model, not {model_name!r}")
+        return model_from_record(record, str(path))
+    state_dict = record.get("state_dict", record) if isinstance(record, dict) else None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path}: neither a squeezelab model file nor a state_dict")
+    if model_name is None:
+        raise ValueError(f"{path}: holds bare weights without an architecture; name the model (e.g. squeezenet1_1)")
+    model = create_model(model_name, num_classes=num_classes)
+    load_weights(model, {"state_dict": state_dict}, str(path))
+    return model

@@ -8,11 +8,15 @@ from typing import Callable
 
 import torch
 
-from squeezelab.data import DatasetSplits, build_datasets
+from squeezelab.data import DatasetSplits, build_datasets, build_loaders, dataset_options_from_config
 from squeezelab.models import create_model, get_model_config
+from squeezelab.utils.files import safe_torch_load
 
+from .checkpoint import trained_model_from_record
 from .config import TrainConfig
+from .device import resolve_amp, resolve_device
 from .engine import FitResult, fit
+from .evaluate import evaluate
 from .rundir import CONFIG
 
 # Measured on the 2-core development CPU (docs/training.md): ~99% test accuracy on digits in about a minute.
@@ -93,3 +97,50 @@ def quickstart(
     config = QUICKSTART_CONFIG.updated(epochs=epochs)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     return train_from_config(config, out_dir, progress=progress, log=log)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset: str,
+    root: str | Path | None = None,
+    *,
+    model_name: str | None = None,
+    split: str = "test",
+    batch_size: int = 256,
+    workers: int | None = None,
+    device: str = "auto",
+    amp: str = "off",
+    input_size: tuple[int, ...] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> tuple[dict, DatasetSplits]:
+    """Evaluate a model file, training checkpoint or bare ``state_dict`` (with ``model_name``) on a data split.
+
+    Images are preprocessed as the model's ``default_cfg`` says (what training recorded: input size,
+    statistics, channel order). ``split="val"`` rebuilds the run's validation split from the seed and fraction
+    stored in a training checkpoint. Returns ``(metrics of evaluate(), the data splits)``.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be test or val, got {split!r}")
+    record = safe_torch_load(checkpoint)
+    model = trained_model_from_record(record, str(checkpoint), model_name)
+    options = dataset_options_from_config(model.default_cfg)
+    if input_size is not None:
+        options["input_size"] = tuple(input_size[-2:])
+    run_config = record.get("config", {}) if isinstance(record, dict) else {}
+    splits = build_datasets(
+        dataset,
+        root,
+        val_fraction=run_config.get("val_fraction", 0.1),
+        seed=run_config.get("seed", 0),
+        augment=False,
+        limit=limit,
+        progress=progress,
+        **options,
+    )
+    loader = getattr(build_loaders(splits, batch_size, workers), split)
+    if loader is None:
+        raise ValueError(f"dataset {dataset!r} has no {split} split here")
+    target = resolve_device(device)
+    model.to(target)
+    return evaluate(model, loader, target, amp=resolve_amp(amp, target), progress=progress, desc=split), splits

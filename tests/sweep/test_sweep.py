@@ -1,0 +1,106 @@
+import json
+
+import optuna
+import pytest
+
+from squeezelab.cli.main import main
+from squeezelab.sweep import StudySpec, pareto_front, run_study, trial_rows, write_report
+from squeezelab.sweep.runner import open_study
+
+TINY_TRAIN = {
+    "model": "squeezenet1_1_mnist",
+    "dataset": "digits",
+    "input_size": [8, 8],
+    "limit": 240,
+    "epochs": 1,
+    "batch_size": 64,
+    "schedule": "constant",
+    "lr": 0.05,
+}
+
+
+def _spec(axes, **extra) -> StudySpec:
+    return StudySpec(name="t", base=dict(TINY_TRAIN), axes=axes, latency=False, **extra)
+
+
+def _write_study(path, axes, **extra):
+    path.write_text(json.dumps({"name": "cli", "train": TINY_TRAIN, "axes": axes, "latency": False, **extra}))
+    return path
+
+
+def test_bad_study_settings_are_named():
+    with pytest.raises(ValueError, match="'widht'"):
+        _spec({"widht": [1]})
+    with pytest.raises(ValueError, match="empty"):
+        _spec({})
+    with pytest.raises(ValueError, match="search must be"):
+        _spec({"lr": [0.1]}, search="bayes")
+    with pytest.raises(ValueError, match="unknown setting 'epocs'"):
+        StudySpec(name="t", base={**TINY_TRAIN, "epocs": 2}, axes={"lr": [0.1]})
+
+
+def test_study_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        StudySpec.load(missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("axes: [1, 2\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        StudySpec.load(bad)
+
+
+def test_trial_config_applies_builder_and_training_axes():
+    spec = _spec({"model_kwargs.squeeze_ratio": [0.25], "lr": [0.2], "model_kwargs.remove_fires": [[2, 5]]})
+    config = spec.trial_config({"model_kwargs.squeeze_ratio": 0.25, "lr": 0.2, "model_kwargs.remove_fires": (2, 5), "seed": 3})
+    assert config.model_kwargs == {"squeeze_ratio": 0.25, "remove_fires": (2, 5)}
+    assert (config.lr, config.seed, config.epochs) == (0.2, 3, 1)
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1.0, 50.0), (2.0, 60.0), (1.5, 40.0), (3.0, 55.0), (0.5, 30.0)]
+    assert pareto_front(points) == [4, 0, 1]
+
+
+def test_grid_study_records_crashes_writes_report_and_resumes(tmp_path):
+    spec = _spec({"model_kwargs.bypass": ["none", "bogus"], "model_kwargs.squeeze_ratio": [0.125]})
+    study = run_study(spec, tmp_path, progress=False, log=None)
+    rows = trial_rows(study, spec)
+    states = {row["model_kwargs.bypass"]: row for row in rows}
+    assert states["none"]["state"] == "ok" and states["none"]["params"] > 0
+    assert states["bogus"]["state"] == "failed" and "bypass" in states["bogus"]["error"]
+    paths = write_report(study, spec, tmp_path)
+    for key in ("csv", "markdown", "size_plot", "macs_plot"):
+        assert paths[key].stat().st_size > 0
+    assert "Failed trials" in paths["markdown"].read_text()
+    # Running the same study again trains nothing: finished and crashed points are settled.
+    again = run_study(spec, tmp_path, progress=False, log=None)
+    assert len(again.get_trials()) == len(study.get_trials())
+
+
+def test_interrupted_trial_is_trained_again(tmp_path):
+    spec = _spec({"model_kwargs.squeeze_ratio": [0.125]})
+    study = open_study(spec, tmp_path)
+    # A trial left RUNNING by a killed process: it holds the only grid point.
+    study.enqueue_trial({"model_kwargs.squeeze_ratio": 0.125, "seed": 0}, user_attrs={"queued": True})
+    orphan = study.ask()
+    orphan.suggest_categorical("model_kwargs.squeeze_ratio", [0.125])
+    orphan.suggest_categorical("seed", [0])
+    study = run_study(spec, tmp_path, progress=False, log=None)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 1
+    assert len(trial_rows(study, spec)) == 1
+
+
+def test_changed_study_under_same_name_is_refused(tmp_path):
+    run_study(_spec({"model_kwargs.squeeze_ratio": [0.125]}), tmp_path, progress=False, log=None)
+    with pytest.raises(ValueError, match="different settings"):
+        run_study(_spec({"model_kwargs.squeeze_ratio": [0.25]}), tmp_path, progress=False, log=None)
+
+
+def test_sweep_cli_runs_and_reports(tmp_path, capsys):
+    study = _write_study(tmp_path / "study.json", {"model_kwargs.squeeze_ratio": [0.125]})
+    assert main(["sweep", str(study), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "squeeze_ratio" in out and (tmp_path / "out" / "results.csv").is_file()
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
