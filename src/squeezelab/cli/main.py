@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMAND_MODULES = ("models_cmd", "interop_cmd", "sweep_cmd")
+COMMAND_MODULES = ("models_cmd", "interop_cmd", "sweep_cmd", "train_cmd", "quickstart_cmd")
 
 
 class CLIError(Exception):
@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("squeezelab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as other Unix tools do.
+        sys.stderr.close()
+        return 0
     except (CLIError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"squeezelab {args.command}: error: {exc}", file=sys.stderr)
         return 2

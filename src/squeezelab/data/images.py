@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.functional import pil_to_tensor
 
 from .transforms import ConvertMode
@@ -28,15 +27,7 @@ class ImageDecodeError(ValueError):
 
 
 def read_image(path: str | os.PathLike, in_chans: int) -> torch.Tensor:
-    """Decode one image file into a ``C x H x W`` uint8 tensor with ``in_chans`` channels (1 or 3).
-
-    torchvision's decoders (JPEG, PNG, GIF, WebP) are about 4x faster than PIL; other formats fall back to PIL.
-    """
-    mode = ImageReadMode.GRAY if in_chans == 1 else ImageReadMode.RGB
-    try:
-        return decode_image(read_file(str(path)), mode=mode)
-    except RuntimeError:
-        pass  # unsupported by torchvision's decoders, or corrupt: PIL decides which, and names the error
+    """Decode one image file into a ``C x H x W`` uint8 tensor with ``in_chans`` channels (1 or 3)."""
     return pil_to_tensor(load_pil_image(path, in_chans))
 
 

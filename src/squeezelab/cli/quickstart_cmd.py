@@ -1,0 +1,25 @@
+"""``squeezelab quickstart``: train, evaluate and report a small SqueezeNet on the embedded digits data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from squeezelab.train import quickstart
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "quickstart", help="train a small SqueezeNet on the embedded digits data (no download) and evaluate it"
+    )
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/quickstart-<time>)")
+    parser.add_argument("--epochs", type=int, help="shorter or longer than the default recipe")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_quickstart)
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    result = quickstart(args.out, epochs=args.epochs, progress=not args.quiet)
+    print(f"test top-1 {result.test['top1']:.2f}% on {result.test['images']} digits images")
+    print(f"run directory (config, metrics.csv, curves.png, checkpoints, results.json, confusion matrix): {result.run_dir}")
+    return 0
