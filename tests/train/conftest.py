@@ -12,6 +12,7 @@ def tiny_config() -> TrainConfig:
         model_kwargs={"layout": "v1_1_small", "base_e": 16, "incr_e": 16, "batch_norm": "all"},
         dataset="digits",
         input_size=[8, 8],
+        in_chans=1,
         limit=300,
         epochs=2,
         batch_size=32,

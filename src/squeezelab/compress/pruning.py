@@ -8,12 +8,17 @@ a pruned model with its pruned weights held at exactly zero, and the mask travel
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
+
+from squeezelab.models.files import model_record
+from squeezelab.models.registry import create_model
+from squeezelab.utils.files import atomic_torch_save
 
 from .layers import parse_per_layer, prunable_layers, resolve_per_layer
 
@@ -187,9 +192,34 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def save_plain_model(model: nn.Module, path: str | os.PathLike, **extra: object) -> None:
+    """Write a model file (``squeezelab.models.files`` format) of the model's current, plain weights:
+    loadable by ``load_model`` into the unparametrized architecture."""
+    record = model_record(model)
+    record["state_dict"] = {key: value.detach().cpu() for key, value in plain_state_dict(model).items()}
+    atomic_torch_save({**record, **extra}, path)
+
+
+def strip_module(module: nn.Module) -> None:
+    for tensor_name in list(getattr(module, "parametrizations", {})):
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
+
+
 def strip(model: nn.Module) -> nn.Module:
     """Remove every parametrization, giving back the weights from before pruning / sharing, in place."""
     for module in list(model.modules()):
-        for tensor_name in list(getattr(module, "parametrizations", {})):
-            parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
+        strip_module(module)
     return model
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A new model, rebuilt from ``model.model_spec``, holding ``model``'s current weights without
+    parametrizations (safe to modify: ``copy.deepcopy`` of a parametrized model is not)."""
+    spec = getattr(model, "model_spec", None)
+    if spec is None:
+        raise ValueError("model has no model_spec: build it with squeezelab.create_model")
+    copy = create_model(spec["name"], **spec.get("kwargs", {}))
+    copy.load_state_dict(plain_state_dict(model))
+    copy.default_cfg = model.default_cfg
+    parameter = next(model.parameters(), None)
+    return copy.to(parameter.device if parameter is not None else "cpu").train(model.training)

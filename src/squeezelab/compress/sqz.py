@@ -34,9 +34,9 @@ from squeezelab.utils.files import atomic_write_bytes
 from .coding import EncodedStream, decode_stream, encode_symbols, entropy_bytes, symbol_counts
 from .layers import prunable_layers
 from .positions import decode_positions, encode_positions
-from .pruning import plain_state_dict
+from .pruning import current_mask, plain_state_dict
 from .report import LayerSize, SizeReport
-from .sharing import WeightSharing, set_weight_sharing, shared_layers
+from .sharing import WeightSharing, set_weight_sharing, shared_layers, weight_sharing
 
 MAGIC = b"SQZL"
 FORMAT_VERSION = 1
@@ -133,6 +133,18 @@ def _encode_layer(
         sections += [position_stream.table, position_stream.payload]
     layer = _DecodedLayer(name, codebook, indices, mask, tuple(sharing.mask.shape), index_stream, position_stream)
     return entry, sections, layer
+
+
+def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: str = "auto") -> int:
+    """Bytes of a layer's weight in a ``.sqz`` file: coded streams if weight-shared, otherwise an estimate
+    for sparse float32 storage (4 bytes per kept weight plus the coded positions)."""
+    sharing = weight_sharing(module)
+    if sharing is not None:
+        _, sections, _ = _encode_layer("", sharing, index_coder, position_coder)
+        return sum(len(section) for section in sections)
+    mask = current_mask(module).cpu().numpy().ravel()
+    positions = 0 if mask.all() else encode_positions(mask, position_coder).nbytes
+    return 4 * int(mask.sum()) + positions
 
 
 def _tensor_bytes(tensor: torch.Tensor, dtype: str) -> bytes:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from squeezelab.data.folders import read_class_table, torchvision_imagenet_categories
+from squeezelab.models import ModelConfig
 
 IMAGENET_NUM_CLASSES = 1000
 
@@ -31,12 +32,18 @@ def imagenet_wnids(path: str | os.PathLike) -> tuple[str, ...]:
     return tuple(wnid for wnid, _ in _imagenet_table(path))
 
 
-def model_class_names(model: nn.Module) -> tuple[str, ...]:
-    """The model's recorded class names; ImageNet names for unnamed 1000-way models; else ``class 0`` ..."""
-    cfg = getattr(model, "default_cfg", None)
-    if cfg is not None and cfg.class_names:
+def config_class_names(cfg: ModelConfig) -> tuple[str, ...]:
+    """The config's class names; ImageNet names for unnamed 1000-way models; else ``class 0``, ``class 1`` ..."""
+    if cfg.class_names:
         return tuple(cfg.class_names)
-    num_classes = cfg.num_classes if cfg is not None else getattr(model, "num_classes", 0)
-    if num_classes == IMAGENET_NUM_CLASSES:
+    if cfg.num_classes == IMAGENET_NUM_CLASSES:
         return imagenet_class_names()
-    return tuple(f"class {i}" for i in range(num_classes))
+    return tuple(f"class {i}" for i in range(cfg.num_classes))
+
+
+def model_class_names(model: nn.Module) -> tuple[str, ...]:
+    """:func:`config_class_names` of ``model.default_cfg``."""
+    cfg = getattr(model, "default_cfg", None)
+    if cfg is None:
+        raise ValueError("model has no default_cfg: build it with squeezelab.create_model or load a model file")
+    return config_class_names(cfg)

@@ -33,11 +33,13 @@ def export_onnx(
     input_size: Sequence[int] | None = None,
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
+    dynamic_size: bool = False,
 ) -> Path:
     """Write ``model`` as ONNX (dynamic batch, fixed C x H x W) atomically; returns ``path``.
 
-    ``input_size`` (C, H, W) defaults to the model's ``default_cfg``. The preprocessing config and model
-    spec are stored as ONNX metadata, so a runtime can preprocess images from the ``.onnx`` file alone.
+    ``input_size`` (C, H, W) defaults to the model's ``default_cfg``; ``dynamic_size`` also leaves H and W
+    free (for models whose head pools globally). The preprocessing config and model spec are stored as
+    ONNX metadata, so a runtime can preprocess images from the ``.onnx`` file alone.
     """
     import onnx
 
@@ -46,7 +48,7 @@ def export_onnx(
     cfg = _config_for(model, input_size)
     example = torch.zeros(1, *cfg.input_size)
     model = model.eval()
-    buffer = _export_to_bytes(model, example, opset)
+    buffer = _export_to_bytes(model, example, opset, dynamic_size)
     proto = onnx.load_from_string(buffer)
     entries = {
         "squeezelab.default_cfg": json.dumps(cfg.to_dict()),
@@ -71,11 +73,14 @@ def _config_for(model: nn.Module, input_size: Sequence[int] | None) -> ModelConf
     return replace(cfg, input_size=size)
 
 
-def _export_to_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+def _export_to_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamic_size: bool) -> bytes:
     import io
 
+    input_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated (see the module docstring for why it is used anyway).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchScript-based ONNX export.*")
         torch.onnx.export(
             model,
@@ -85,7 +90,7 @@ def _export_to_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> byt
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={INPUT_NAME: input_axes, OUTPUT_NAME: {0: "batch"}},
             do_constant_folding=True,
         )
     return buffer.getvalue()

@@ -5,7 +5,9 @@ such as CIFAR-10's 32x32, are tiled into mosaics at their native resolution inst
 upscaled images under-estimate the activation ranges of real photographs and cost accuracy.
 
 The classifier head (global pooling, flatten, a final fully connected layer) stays in float32: quantizing
-the logits to 256 levels creates ties among the top classes and ruins top-1/top-5.
+the logits to 256 levels creates ties among the top classes and ruins top-1/top-5. The inputs and output of
+every Concat (the Fire modules' expand branches) share one quantization range, so onnxruntime concatenates
+int8 data by copying instead of re-quantizing every element (about 10% of SqueezeNet's int8 time).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .onnx_export import INPUT_NAME, onnx_config, onnx_metadata, set_metadata
 QUANT_FORMATS = ("qdq", "qoperator")
 # Ops that carry spatial activations: the walk back from the outputs stops there (they stay quantized).
 _BODY_OPS = {"Conv", "Relu", "Clip", "MaxPool", "Concat", "Add"}
+# 256 images kept SqueezeNet v1.0 within 1 point of fp32 top-1/top-5 for every calibration seed tried; 64 did not.
+DEFAULT_CALIBRATION_COUNT = 256
 MOSAIC_RATIO = 0.5  # images whose shorter side is below half the resize size are tiled, not upscaled
 
 
@@ -51,7 +55,7 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
 def calibration_batch(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     cfg: ModelConfig,
-    count: int = 64,
+    count: int = DEFAULT_CALIBRATION_COUNT,
     seed: int = 0,
     progress: bool = True,
 ) -> np.ndarray:
@@ -126,6 +130,38 @@ def head_nodes(proto) -> list[str]:
     return head
 
 
+def concat_range_overrides(model_path: str | os.PathLike, calibration: np.ndarray) -> dict[str, list[dict]]:
+    """onnxruntime ``TensorQuantOverrides`` giving each Concat's inputs and output their joint min/max range."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(model_path))
+    concats = [node for node in proto.graph.node if node.op_type == "Concat"]
+    tensors = sorted({name for node in concats for name in (*node.input, *node.output)})
+    if not tensors:
+        return {}
+    known_outputs = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in known_outputs)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    low = {t: np.inf for t in tensors}
+    high = {t: -np.inf for t in tensors}
+    for batch in _chunks(calibration):
+        for name, value in zip(tensors, session.run(tensors, {INPUT_NAME: batch})):
+            low[name] = min(low[name], float(value.min()))
+            high[name] = max(high[name], float(value.max()))
+    overrides: dict[str, list[dict]] = {}
+    for node in concats:
+        names = (*node.input, *node.output)
+        joint = {"rmin": np.float32(min(low[t] for t in names)), "rmax": np.float32(max(high[t] for t in names))}
+        for name in names:
+            overrides[name] = [dict(joint)]
+    return overrides
+
+
+def _chunks(calibration: np.ndarray, size: int = 8) -> list[np.ndarray]:
+    return np.array_split(calibration, math.ceil(len(calibration) / size))
+
+
 def quantize_int8(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -149,7 +185,7 @@ def quantize_int8(
 
     class _Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter(np.array_split(calibration, math.ceil(len(calibration) / 8)))
+            self.items = iter(_chunks(calibration))
 
         def get_next(self):
             batch = next(self.items, None)
@@ -168,6 +204,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=head_nodes(onnx.load(str(prepared))),
+            extra_options={"TensorQuantOverrides": concat_range_overrides(prepared, calibration)},
         )
         proto = onnx.load(str(quantized))
     set_metadata(proto, {**onnx_metadata(fp32_path), "squeezelab.precision": "int8", **(metadata or {})})

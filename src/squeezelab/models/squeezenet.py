@@ -10,7 +10,7 @@ checkpoints load with ``strict=True``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -245,6 +245,8 @@ def build_squeezenet(
     final_conv_padding: int = 0,
     num_fires: int = 8,
     fire_pairing: int | None = None,
+    fire_specs: Sequence[Sequence[int]] | None = None,
+    stem_channels: int | None = None,
 ) -> SqueezeNet:
     """SqueezeNet from the paper's metaparameters on a given layout, optionally without some fires.
 
@@ -252,10 +254,16 @@ def build_squeezenet(
     fire's input, and a pool that followed a removed fire moves to the previous fire kept.
     ``num_fires`` is the number of fires planned (8 as published; fires are numbered from 2).
     ``fire_pairing=r`` replaces every Fire by a squeeze-fire/expand-fire pair (see ``FirePair``).
+    ``fire_specs`` gives explicit ``(squeeze, expand1x1, expand3x3)`` filter counts per planned fire instead
+    of the metaparameters, and ``stem_channels`` the stem's filter count: how structurally pruned (shrunk)
+    models are rebuilt from their spec.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
-    specs = fire_plan(base_e, incr_e, pct_3x3, freq, squeeze_ratio, num_fires)
+    if fire_specs is None:
+        specs = fire_plan(base_e, incr_e, pct_3x3, freq, squeeze_ratio, num_fires)
+    else:
+        specs = [FireSpec(*(int(n) for n in spec)) for spec in fire_specs]
     numbers = list(range(FIRST_FIRE, FIRST_FIRE + len(specs)))
     removed = set(remove_fires)
     unknown = removed - set(numbers)
@@ -264,9 +272,10 @@ def build_squeezenet(
     if removed == set(numbers):
         raise ValueError("remove_fires would remove every fire module")
     kept = [(n, s) for n, s in zip(numbers, specs) if n not in removed]
+    stem = LAYOUTS[layout] if stem_channels is None else replace(LAYOUTS[layout], stem_channels=stem_channels)
     return SqueezeNet(
         [s for _, s in kept],
-        LAYOUTS[layout],
+        stem,
         num_classes=num_classes,
         in_chans=in_chans,
         bypass=bypass,

@@ -142,7 +142,8 @@ def fit(
     if evaluate_test and loaders.test is not None:
         test = evaluate(model, loaders.test, device, amp=amp, channels_last=config.channels_last, progress=show_bars, desc="test")
         say(f"test (best epoch {state.best_epoch}): top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  loss {test['loss']:.4f}")
-    result = FitResult(model, state.history, state.best_epoch, state.best_val_top1, test, run.path, state.seconds)
+    written = run.path if run.enabled else None
+    result = FitResult(model, state.history, state.best_epoch, state.best_val_top1, test, written, state.seconds)
     run.write_results(_results_json(result, config, loaders.splits, model), test["confusion"] if test else None, loaders.splits.class_names)
     if own_group:
         dist.destroy_process_group()
@@ -250,7 +251,12 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, config: TrainConfi
     if dist.is_available() and dist.is_initialized() and getattr(loader, "sharded", False):
         dist.all_reduce(totals)
     loss_total, correct_total, seen_total = totals.tolist()
-    return {"loss": loss_total / seen_total, "top1": 100.0 * correct_total / seen_total, "images_per_s": seen_total / seconds}
+    return {
+        "loss": loss_total / seen_total,
+        "top1": 100.0 * correct_total / seen_total,
+        "images": int(seen_total),
+        "images_per_s": seen_total / seconds,
+    }
 
 
 def _history_row(epoch: int, train: dict, val: dict | None, optimizer, seconds: float) -> dict[str, Any]:
@@ -264,6 +270,7 @@ def _history_row(epoch: int, train: dict, val: dict | None, optimizer, seconds: 
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": train["images_per_s"],
         "epoch_time": seconds,
+        "train_images": train["images"],
     }
 
 

@@ -19,12 +19,15 @@ from .engine import FitResult, fit
 from .evaluate import evaluate
 from .rundir import CONFIG
 
-# Measured on the 2-core development CPU (docs/training.md): ~99% test accuracy on digits in about a minute.
+# squeezenet_tiny_cifar (one input channel, 16x16 digits) with SGD + one-cycle: 99.44%, 99.72%, 99.44% test
+# accuracy for seeds 0, 1, 2 (docs/training.md). Plain-SGD runs of the larger squeezenet1_1_mnist stalled near
+# 80-89% when a class's final-ReLU channel died, so the small model is also the reliable one.
 QUICKSTART_CONFIG = TrainConfig(
-    model="squeezenet1_1_mnist",
+    model="squeezenet_tiny_cifar",
     model_kwargs={"batch_norm": "all"},
     dataset="digits",
     input_size=[16, 16],
+    in_chans=1,
     val_fraction=0.1,
     epochs=15,
     batch_size=64,

@@ -1,0 +1,107 @@
+"""Benchmark output: a plain-text/Markdown table, CSV, JSON and a throughput chart (PNG)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from squeezelab.utils.files import atomic_write, atomic_write_text
+
+from .backends import DESCRIPTIONS
+from .runner import BenchResult
+
+TABLE_COLUMNS = (
+    "model",
+    "backend",
+    "infer_batch_size",
+    "infer_img_size",
+    "infer_step_time",
+    "infer_step_time_p90",
+    "infer_samples_per_sec",
+    "speedup_vs_onnx",
+    "infer_gflops",
+    "peak_fraction",
+    "param_count",
+    "fp32_mb",
+    "compressed_mb",
+    "infer_gmacs",
+    "top1",
+    "top5",
+    "note",
+)
+
+
+def table_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> list[list[str]]:
+    """Rows as strings in ``columns`` order (missing values blank); columns empty in every row are dropped."""
+    used = [c for c in columns if any(row.get(c) not in (None, "") for row in rows)]
+    return [used] + [["" if row.get(c) is None else str(row.get(c)) for c in used] for row in rows]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    header, *body = table_rows(rows, columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def environment_line(environment: dict[str, Any]) -> str:
+    return (
+        f"{environment['cpu']}, {environment['threads']} threads, torch {environment['torch']}, onnxruntime "
+        f"{environment['onnxruntime']}; fp32 peak {environment['peak_gflops']:.1f} GFLOP/s ({environment['peak_method']})"
+    )
+
+
+def write_results(result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench", title: str = "Benchmark") -> list[Path]:
+    """Write ``<stem>.csv``, ``.json``, ``.md`` and ``.png`` into ``out_dir`` (atomically); returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")]
+    atomic_write_text(paths[0], _csv_text(result.rows))
+    atomic_write_text(paths[1], json.dumps({"environment": result.environment, "rows": result.rows}, indent=2) + "\n")
+    legend = "\n".join(f"- `{name}`: {text}" for name, text in DESCRIPTIONS.items())
+    atomic_write_text(
+        paths[2],
+        f"# {title}\n\n{environment_line(result.environment)}\n\n{markdown_table(result.rows)}\n\nBackends:\n\n{legend}\n",
+    )
+    _plot(result, paths[3], title)
+    return paths
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _plot(result: BenchResult, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch_sizes = sorted({row["infer_batch_size"] for row in result.rows})
+    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 4.5), squeeze=False)
+    for axis, batch_size in zip(axes[0], batch_sizes):
+        rows = [r for r in result.rows if r["infer_batch_size"] == batch_size and r.get("infer_samples_per_sec")]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        backends = list(dict.fromkeys(r["backend"] for r in rows))
+        width = 0.8 / max(1, len(backends))
+        for k, backend in enumerate(backends):
+            values = [next((r["infer_samples_per_sec"] for r in rows if r["model"] == m and r["backend"] == backend), 0) for m in models]
+            axis.bar([i + k * width for i in range(len(models))], values, width, label=backend)
+        axis.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(models))])
+        axis.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
+        axis.set_ylabel("images / s")
+        axis.set_title(f"{title}: batch {batch_size}")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
+    plt.close(figure)

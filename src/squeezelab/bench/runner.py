@@ -1,0 +1,194 @@
+"""``bench_models``: latency, throughput, size, MACs, achieved GFLOP/s and accuracy of models on backends.
+
+Column names follow timm's benchmark script (``infer_samples_per_sec``, ``infer_step_time``,
+``infer_batch_size``, ``infer_img_size``, ``infer_gmacs``, ``param_count`` in millions).
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from squeezelab.interop.evaluate import labelled_images, topk_accuracies
+from squeezelab.interop.loading import detect_format, load_any_model
+from squeezelab.interop.onnx_export import random_images
+from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch
+from squeezelab.models import count_macs, count_params, create_model, list_models
+from squeezelab.models.profile import MB
+
+from .backends import BASELINE, DEFAULT_BACKENDS, BackendUnavailable, ModelArtifacts, build_backend
+from .peak import measure_peak_gflops
+from .timing import interleaved_timings
+
+COMPRESSED_FORMATS = ("squeezelab-compressed", "caffe-deep-compression")
+
+
+@dataclass
+class BenchSettings:
+    """What to measure. ``input_size`` (H, W) None means each model's own; ``threads`` None keeps torch's."""
+
+    input_size: tuple[int, int] | None = None
+    batch_sizes: tuple[int, ...] = (1, 8)
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    warmup: int = 5
+    iters: int = 30
+    rounds: int = 5
+    threads: int | None = None
+    calibration: str | Path | None = None
+    calibration_count: int = DEFAULT_CALIBRATION_COUNT
+    eval_data: str | Path | None = None
+    eval_limit: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    model: nn.Module
+    compressed_bytes: int | None = None
+
+
+def resolve_model(ref: str) -> BenchModel:
+    """A model file (real weights) or a registered model name (random weights: speed and size only)."""
+    path = Path(ref)
+    if path.is_file():
+        model = load_any_model(path)
+        kind = detect_format(path)
+        compressed = path.stat().st_size if kind in COMPRESSED_FORMATS else None
+        return BenchModel(f"{model.model_spec['name']} ({path.name})", model, compressed)
+    if ref in list_models():
+        return BenchModel(ref, create_model(ref).eval())
+    raise ValueError(f"{ref}: neither a model file nor a registered model name (see 'squeezelab models')")
+
+
+def bench_models(refs: Sequence[str], settings: BenchSettings, workdir: str | Path | None = None) -> BenchResult:
+    """Benchmark every model in ``refs`` on every backend of ``settings``; one row per model/backend/batch."""
+    if not refs:
+        raise ValueError("no models to benchmark")
+    if min(settings.batch_sizes, default=0) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {settings.batch_sizes}")
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    result = BenchResult(environment=_environment(settings))
+    with tempfile.TemporaryDirectory(prefix="squeezelab-bench-", dir=workdir) as tmp:
+        for index, ref in enumerate(refs):
+            model_dir = Path(tmp) / f"model{index}"
+            model_dir.mkdir()
+            result.rows += _bench_one(resolve_model(ref), settings, model_dir, result.environment["peak_gflops"])
+    return result
+
+
+def _environment(settings: BenchSettings) -> dict[str, Any]:
+    import onnxruntime
+
+    return {
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "peak_gflops": measure_peak_gflops(),
+        "peak_method": "best of 8 fp32 2048x2048 torch.mm",
+        "warmup": settings.warmup,
+        "iters": settings.iters,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _bench_one(entry: BenchModel, settings: BenchSettings, workdir: Path, peak_gflops: float) -> list[dict[str, Any]]:
+    cfg = entry.model.default_cfg
+    size = (cfg.input_size[0], *(settings.input_size or cfg.input_size[1:]))
+    calibration = None
+    if "int8" in settings.backends and settings.calibration is not None:
+        calibration = calibration_batch(settings.calibration, cfg, settings.calibration_count, progress=settings.progress)
+    artifacts = ModelArtifacts(entry.model, workdir, settings.threads, calibration)
+    backends, unavailable = {}, {}
+    for name in tqdm(settings.backends, desc=f"{entry.name}: preparing", disable=not settings.progress, leave=False):
+        try:
+            backends[name] = build_backend(name, artifacts)
+        except BackendUnavailable as exc:
+            unavailable[name] = str(exc)
+    accuracy = _accuracies(backends, cfg, settings) if settings.eval_data is not None else {}
+    shared = {
+        "model": entry.name,
+        "infer_img_size": f"{size[1]}x{size[2]}",
+        "param_count": round(count_params(entry.model) / 1e6, 4),
+        "fp32_mb": round(4 * count_params(entry.model) / MB, 3),
+        "compressed_mb": round(entry.compressed_bytes / MB, 4) if entry.compressed_bytes else None,
+        "infer_gmacs": round(count_macs(entry.model, size) / 1e9, 4),
+    }
+    rows = []
+    for batch_size in settings.batch_sizes:
+        timings, failures = _timings(backends, random_images(replace(cfg, input_size=size), batch_size), settings)
+        baseline = timings.get(BASELINE)
+        for name in settings.backends:
+            row = {**shared, "backend": name, "infer_batch_size": batch_size}
+            if name in timings:
+                row.update(_speed_columns(timings[name], baseline, batch_size, shared["infer_gmacs"], peak_gflops))
+            row.update(accuracy.get(name, {}))
+            row["note"] = unavailable.get(name) or failures.get(name, "")
+            rows.append(row)
+    return rows
+
+
+def _timings(backends: dict[str, nn.Module], batch: torch.Tensor, settings: BenchSettings):
+    calls, failures = {}, {}
+    for name, module in backends.items():
+        try:
+            with torch.inference_mode():
+                module(batch)  # first call: torch.compile compiles here, onnxruntime allocates
+        except Exception as exc:  # a backend failing on this input is reported in its row, not fatal
+            failures[name] = f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            continue
+        calls[name] = _inference_call(module, batch)
+    return interleaved_timings(calls, settings.warmup, settings.iters, settings.rounds) if calls else {}, failures
+
+
+def _inference_call(module: nn.Module, batch: torch.Tensor):
+    def call() -> None:
+        with torch.inference_mode():
+            module(batch)
+
+    return call
+
+
+def _speed_columns(timing, baseline, batch_size: int, gmacs: float, peak_gflops: float) -> dict[str, Any]:
+    gflops = 2.0 * gmacs * batch_size / timing.median
+    return {
+        "infer_samples_per_sec": round(batch_size / timing.median, 2),
+        "infer_step_time": round(1e3 * timing.median, 3),
+        "infer_step_time_p90": round(1e3 * timing.p90, 3),
+        "infer_gflops": round(gflops, 2),
+        "peak_fraction": round(gflops / peak_gflops, 3),
+        "speedup_vs_onnx": round(baseline.median / timing.median, 3) if baseline is not None else None,
+    }
+
+
+def _accuracies(backends: dict[str, nn.Module], cfg, settings: BenchSettings) -> dict[str, dict[str, float]]:
+    images = labelled_images(settings.eval_data)
+    if settings.eval_limit is not None:
+        images = images.select(range(min(settings.eval_limit, len(images))))
+    scores = topk_accuracies(backends, images, cfg, progress=settings.progress)
+    return {name: {"top1": round(s["top1"], 2), "top5": round(s["top5"], 2)} for name, s in scores.items()}

@@ -1,0 +1,142 @@
+"""The Deep Compression pipeline in one call: prune -> (fine-tune) -> weight-share -> (fine-tune) ->
+entropy-code to a ``.sqz`` file -> evaluate the model decoded from that file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch.nn as nn
+
+from squeezelab.data import DatasetSplits, build_loaders
+from squeezelab.models.profile import MB
+from squeezelab.train import TrainConfig, evaluate
+
+from .finetune import finetune, finetune_config
+from .pruning import DensitySpec, iterative_prune, prune
+from .report import SizeReport
+from .sharing import quantize
+from .sqz import load_compressed, save_compressed
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class CompressionOutcome:
+    """The file written, its size report, and test metrics of the dense and of the decoded model."""
+
+    path: Path
+    report: SizeReport
+    densities: dict[str, float]
+    codebook_sizes: dict[str, int]
+    dense_metrics: dict | None = None
+    compressed_metrics: dict | None = None
+    finetune_results: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        report = self.report
+        lines = [
+            f"dense fp32:  {report.dense_fp32_bytes:>11,} bytes ({report.dense_fp32_bytes / MB:.3f} MB)"
+            + _metrics_text(self.dense_metrics),
+            f"compressed:  {report.file_bytes:>11,} bytes ({report.file_bytes / MB:.3f} MB) -> {self.path}"
+            + _metrics_text(self.compressed_metrics),
+            f"ratio {report.ratio:.1f}x; {report.nonzeros:,} of {report.params:,} weights kept "
+            f"({report.nonzeros / max(report.params, 1):.1%})",
+        ]
+        return "\n".join(lines)
+
+
+def _metrics_text(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    return f" | test top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  ({metrics['images']:,} images)"
+
+
+def compress_model(
+    model: nn.Module, density: DensitySpec | None = None, bits: int | Mapping[str, int] = 5, init: str = "linear"
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Prune (if ``density``) and weight-share ``model`` in place; returns (densities, codebook sizes)."""
+    densities = prune(model, density) if density is not None else {}
+    return densities, quantize(model, bits, init)
+
+
+def compress_and_evaluate(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    density: DensitySpec | None = None,
+    bits: int | Mapping[str, int] = 5,
+    init: str = "linear",
+    data: DatasetSplits | None = None,
+    finetune_epochs: int = 0,
+    prune_steps: int = 1,
+    train_config: TrainConfig | None = None,
+    run_dir: str | os.PathLike | None = None,
+    index_coder: str = "auto",
+    position_coder: str = "auto",
+    tensor_dtype: str = "float32",
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> CompressionOutcome:
+    """Compress ``model`` (in place) into ``path``, fine-tuning on ``data`` if ``finetune_epochs`` > 0.
+
+    With ``prune_steps`` > 1 pruning is iterative (each step followed by ``finetune_epochs`` of
+    fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more. With
+    ``data``, the dense model and the model decoded from the written file are evaluated on its test split.
+    """
+    if finetune_epochs < 0 or prune_steps < 1:
+        raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
+    if finetune_epochs and data is None:
+        raise ValueError("fine-tuning needs data (a dataset name and root)")
+    test_loader = build_loaders(data, EVAL_BATCH).test if data is not None else None
+    dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
+    config = finetune_config(finetune_epochs or 1, train_config)
+    runs = Path(run_dir) if run_dir is not None else None
+    results = []
+
+    def tune(stage: str) -> None:
+        if finetune_epochs:
+            result = finetune(model, data, config, runs / stage if runs else None, progress=progress, log=log)
+            results.append(result.test)
+
+    densities: dict[str, float] = {}
+    if density is not None:
+        densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"))
+    codebook_sizes = quantize(model, bits, init)
+    tune("quantized")
+    report = save_compressed(model, path, index_coder, position_coder, tensor_dtype)
+    decoded = load_compressed(path)
+    compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
+    return CompressionOutcome(Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
+
+
+# The digits quickstart model: prune to a third, 4-bit shared weights, one fine-tuning epoch per stage.
+QUICKSTART_DENSITY = 0.33
+QUICKSTART_BITS = 4
+QUICKSTART_FINETUNE_EPOCHS = 1
+
+
+def quickstart_compress(
+    model: nn.Module, out_dir: str | os.PathLike, *, progress: bool = True, log: Callable[[str], None] | None = print
+) -> CompressionOutcome:
+    """Compress the quickstart's trained digits model to ``out_dir/model.sqz`` and evaluate both."""
+    from squeezelab.train import QUICKSTART_CONFIG, build_run_data
+
+    data = build_run_data(QUICKSTART_CONFIG, progress)
+    out_dir = Path(out_dir)
+    outcome = compress_and_evaluate(
+        model,
+        out_dir / "model.sqz",
+        density=QUICKSTART_DENSITY,
+        bits=QUICKSTART_BITS,
+        data=data,
+        finetune_epochs=QUICKSTART_FINETUNE_EPOCHS,
+        train_config=QUICKSTART_CONFIG.updated(lr=0.005, schedule="cosine"),
+        run_dir=out_dir / "compress",
+        progress=progress,
+        log=log,
+    )
+    outcome.report.write(out_dir / "compression_report")
+    return outcome

@@ -1,0 +1,64 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from squeezelab.cli.main import main
+from squeezelab.train import load_checkpoint
+from tests.conftest import REPO
+from tests.train.conftest import private_cache, tiny_config  # noqa: F401  (fixtures)
+
+
+def test_train_then_eval_from_the_command_line(tiny_config, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    tiny_config.updated(epochs=1).save(config)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), "--quiet", "--set", "label_smoothing=0.1"]) == 0
+    assert f"run directory: {run}" in capsys.readouterr().out
+    results = json.loads((run / "results.json").read_text())
+    # The run's config.yaml repeats it: the CLI flags were resolved into it.
+    assert "label_smoothing: 0.1" in (run / "config.yaml").read_text()
+
+    out_json = tmp_path / "eval.json"
+    code = main(["eval", "--checkpoint", str(run / "best.pt"), "--dataset", "digits", "--limit", "300", "--json", str(out_json)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "class" in printed  # summary line and per-class table
+    metrics = json.loads(out_json.read_text())
+    assert metrics["top1"] == results["test"]["top1"] and set(metrics["per_class"]) == set("0123456789")
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--set", "learning_rate=0.1"]) == 2
+    assert "unknown setting 'learning_rate'" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "nope.pt"), "--dataset", "digits"]) == 2
+    assert "nope.pt: no such file" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
+    assert "drop --epochs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_train_with_ddp(tiny_config, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    tiny_config.updated(epochs=1).save(config)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SQUEEZELAB_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "squeezelab",
+               "train", "--config", str(config), "--out", str(run), "--quiet", "--batch-size", "48"]
+    # A new session, so that on a timeout the workers die with their launcher instead of lingering.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 0, stderr[-2000:]
+    assert stdout.count("epoch   1/1") == 1 and stdout.count("run directory") == 1  # only rank 0 logs
+    record = load_checkpoint(run / "last.pt")
+    assert record["epoch"] == 1 and not any(k.startswith("module.") for k in record["state_dict"])
+    # 270 training images: each rank gets 135 and makes 2 full batches of 48 (one process alone would make 5).
+    assert record["history"][0]["train_images"] == 2 * 2 * 48
+    assert json.loads((run / "results.json").read_text())["test"]["images"] == 300  # sharded test, summed
