@@ -31,6 +31,7 @@ VARIANTS = {
     "channels_last": {"channels_last": True},
     "channels_last + bf16": {"channels_last": True, "amp": torch.bfloat16},
     "torch.compile": {"compile": True},
+    "channels_last + torch.compile": {"channels_last": True, "compile": True},
 }
 
 

@@ -153,3 +153,13 @@ def test_imagenet_sample_labels_come_from_the_class_table():
     assert splits.test.targets.tolist() == list(range(0, 1000, 2))
     images, labels = next(iter(build_loaders(splits, batch_size=4, workers=0).test))
     assert images.shape == (4, 3, 64, 64) and labels.tolist() == [0, 2, 4, 6]
+
+
+def test_flat_imagenet_without_class_table_uses_torchvision_names(tmp_path):
+    for name in ("n01440764_tench", "n01443537_goldfish", "n04612504_yawl"):
+        Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8)).save(tmp_path / f"{name}.JPEG")
+    splits = build_datasets("imagenet", tmp_path, input_size=16)
+    assert splits.test.targets.tolist() == [0, 1, 914] and splits.class_names[914] == "yawl"
+    (tmp_path / "n03126707_crane.JPEG").write_bytes((tmp_path / "n04612504_yawl.JPEG").read_bytes())
+    with pytest.raises(ValueError, match="crane.JPEG: cannot tell the ImageNet class"):
+        build_datasets("imagenet", tmp_path, input_size=16)  # two classes are called 'crane'

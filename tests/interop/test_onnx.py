@@ -10,6 +10,8 @@ from squeezelab.interop.runtime import OnnxModel
 from squeezelab.models import create_model, list_models
 
 # One of each family/feature: v1.0 at ImageNet size, v1.1 small-input, bypass, SqueezeNext, AlexNet baseline.
+# The bound is 1e-4 on the logits, unless float32 PyTorch itself is further than that from float64 (a
+# randomly initialised 23-block SqueezeNext is, by about 2e-4).
 REPRESENTATIVE = ["squeezenet1_0", "squeezenet1_1_cifar", "squeezenet1_1_complex_bypass", "sqnxt23_w1_cifar", "alexnet_cifar"]
 
 
@@ -21,9 +23,18 @@ def with_data_statistics(model: torch.nn.Module) -> torch.nn.Module:
             module.momentum = None  # cumulative average
     model.train()
     with torch.no_grad():
-        for seed in range(3):
-            model(random_images(model.default_cfg, 8, seed=seed))
+        for seed in range(2):
+            model(random_images(model.default_cfg, 4, seed=seed))
     return model.eval()
+
+
+def float32_rounding(model: torch.nn.Module, batch: torch.Tensor) -> float:
+    """How far PyTorch's own float32 logits are from float64 ones: no runtime can be held closer than that."""
+    with torch.inference_mode():
+        single = model(batch).double()
+        double = model.double()(batch.double())
+    model.float()
+    return float((single - double).abs().max())
 
 
 @pytest.mark.parametrize("name", REPRESENTATIVE)
@@ -33,7 +44,9 @@ def test_onnxruntime_matches_pytorch(tmp_path, name):
     torch.manual_seed(0)
     model = with_data_statistics(create_model(name))
     path = export_onnx(model, tmp_path / f"{name}.onnx")
-    assert onnx_parity(model, path, batch_size=3) <= 1e-4
+    # onnx_parity's batch: the same seeded random images.
+    tolerance = max(1e-4, 2 * float32_rounding(model, random_images(model.default_cfg, 3)))
+    assert onnx_parity(model, path, batch_size=3) <= tolerance
     proto = onnx.load(str(path))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= DEFAULT_OPSET
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"

@@ -98,9 +98,14 @@ def test_changed_study_under_same_name_is_refused(tmp_path):
 
 
 def test_sweep_cli_runs_and_reports(tmp_path, capsys):
-    study = _write_study(tmp_path / "study.json", {"model_kwargs.squeeze_ratio": [0.125]})
+    study = _write_study(tmp_path / "study.json", {"model_kwargs.squeeze_ratio": [0.125]}, latency=True, compress=True)
     assert main(["sweep", str(study), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "squeeze_ratio" in out and (tmp_path / "out" / "results.csv").is_file()
+    assert "squeeze_ratio" in out and "compressed kB" in out
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    header, values = rows[0].split(","), rows[1].split(",")
+    record = dict(zip(header, values))
+    assert float(record["cpu_latency_ms"]) > 0
+    assert 0 < int(record["compressed_bytes"]) < int(record["fp32_bytes"])
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err

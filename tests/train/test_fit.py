@@ -133,3 +133,11 @@ def test_quickstart_short_run(tmp_path):
     result = quickstart(tmp_path / "qs", epochs=1, progress=False, log=None)
     assert (tmp_path / "qs" / "results.json").is_file() and (tmp_path / "qs" / "curves.png").is_file()
     assert result.test["images"] == 359 and 0 <= result.test["top1"] <= 100
+
+
+def test_accumulation_and_clipping_step_the_optimizer_per_group(tiny_config, tmp_path):
+    config = tiny_config.updated(epochs=1, accumulate=3, grad_clip=1.0, schedule="poly", warmup_epochs=0.5)
+    result = train_from_config(config, tmp_path, progress=False, log=None)
+    batches = 270 // 32  # 8 full batches -> optimizer steps after batches 3, 6 and 8
+    assert load_checkpoint(tmp_path / "last.pt")["scheduler"]["last_epoch"] == -(-batches // 3)
+    assert result.history[0]["lr"] == pytest.approx(0.0)  # poly decays to 0 at the last step

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from squeezelab.interop.onnx_export import export_onnx
-from squeezelab.interop.quantize import quantize_int8
+from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch, quantize_int8
 from squeezelab.interop.runtime import OnnxModel
 
 BACKENDS = ("eager", "channels_last", "bf16", "compile", "onnx", "int8")
@@ -50,46 +49,59 @@ class Bfloat16Autocast(ChannelsLast):
 
 @dataclass
 class ModelArtifacts:
-    """One model's exports, built on first use and shared by the onnxruntime backends."""
+    """One model's ONNX exports per input size, built on first use and shared by the onnxruntime backends.
+
+    int8 calibration images are preprocessed at each size from ``calibration`` (a folder or file list).
+    """
 
     model: nn.Module
     workdir: Path
     threads: int | None = None
-    calibration: np.ndarray | None = None
-    _paths: dict[str, Path] = field(default_factory=dict)
+    calibration: str | Path | Sequence[str | Path] | None = None
+    calibration_count: int = DEFAULT_CALIBRATION_COUNT
+    progress: bool = True
+    _paths: dict[tuple[str, tuple[int, ...]], Path] = field(default_factory=dict)
 
-    def fp32_onnx(self) -> Path:
-        if "fp32" not in self._paths:
-            self._paths["fp32"] = export_onnx(self.model, self.workdir / "model.onnx", dynamic_size=True)
-        return self._paths["fp32"]
+    def fp32_onnx(self, size: tuple[int, ...]) -> Path:
+        key = ("fp32", tuple(size))
+        if key not in self._paths:
+            self._paths[key] = export_onnx(self.model, self.workdir / f"fp32_{_tag(size)}.onnx", input_size=size)
+        return self._paths[key]
 
-    def int8_onnx(self) -> Path:
+    def int8_onnx(self, size: tuple[int, ...]) -> Path:
         if self.calibration is None:
             raise BackendUnavailable("int8 needs calibration images (--calibration DIR)")
-        if "int8" not in self._paths:
-            self._paths["int8"] = quantize_int8(self.fp32_onnx(), self.workdir / "model.int8.onnx", self.calibration)
-        return self._paths["int8"]
+        key = ("int8", tuple(size))
+        if key not in self._paths:
+            cfg = replace(self.model.default_cfg, input_size=tuple(size))
+            batch = calibration_batch(self.calibration, cfg, self.calibration_count, progress=self.progress)
+            self._paths[key] = quantize_int8(self.fp32_onnx(size), self.workdir / f"int8_{_tag(size)}.onnx", batch)
+        return self._paths[key]
 
 
-def _compiled(artifacts: ModelArtifacts) -> nn.Module:
+def _tag(size: Sequence[int]) -> str:
+    return "x".join(map(str, size))
+
+
+def _compiled(artifacts: ModelArtifacts, size: tuple[int, ...]) -> nn.Module:
     try:
         return torch.compile(artifacts.model)
     except Exception as exc:  # torch.compile raises many backend-specific types; all mean "not available here"
         raise BackendUnavailable(f"torch.compile failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-_BUILDERS: dict[str, Callable[[ModelArtifacts], nn.Module]] = {
-    "eager": lambda a: a.model,
-    "channels_last": lambda a: ChannelsLast(a.model),
-    "bf16": lambda a: Bfloat16Autocast(a.model),
+_BUILDERS: dict[str, Callable[[ModelArtifacts, tuple[int, ...]], nn.Module]] = {
+    "eager": lambda a, size: a.model,
+    "channels_last": lambda a, size: ChannelsLast(a.model),
+    "bf16": lambda a, size: Bfloat16Autocast(a.model),
     "compile": _compiled,
-    "onnx": lambda a: OnnxModel(a.fp32_onnx(), threads=a.threads),
-    "int8": lambda a: OnnxModel(a.int8_onnx(), threads=a.threads),
+    "onnx": lambda a, size: OnnxModel(a.fp32_onnx(size), threads=a.threads),
+    "int8": lambda a, size: OnnxModel(a.int8_onnx(size), threads=a.threads),
 }
 
 
-def build_backend(name: str, artifacts: ModelArtifacts) -> nn.Module:
-    """The model running on backend ``name`` (raises :class:`BackendUnavailable` with the reason)."""
+def build_backend(name: str, artifacts: ModelArtifacts, input_size: tuple[int, ...]) -> nn.Module:
+    """The model on backend ``name`` for (C, H, W) inputs (raises :class:`BackendUnavailable` with the reason)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    return _BUILDERS[name](artifacts).eval()
+    return _BUILDERS[name](artifacts, tuple(input_size)).eval()

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from squeezelab.interop.evaluate import labelled_images, topk_accuracies
 from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.interop.onnx_export import random_images
-from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch
+from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT
 from squeezelab.models import count_macs, count_params, create_model, list_models
 from squeezelab.models.profile import MB
 
@@ -45,6 +45,7 @@ class BenchSettings:
     calibration_count: int = DEFAULT_CALIBRATION_COUNT
     eval_data: str | Path | None = None
     eval_limit: int | None = None
+    peak_size: int = 2048
     progress: bool = True
 
 
@@ -59,6 +60,7 @@ class BenchModel:
     name: str
     model: nn.Module
     compressed_bytes: int | None = None
+    trained: bool = True  # False for registered names built with random weights: no accuracy for those
 
 
 def resolve_model(ref: str) -> BenchModel:
@@ -70,7 +72,7 @@ def resolve_model(ref: str) -> BenchModel:
         compressed = path.stat().st_size if kind in COMPRESSED_FORMATS else None
         return BenchModel(f"{model.model_spec['name']} ({path.name})", model, compressed)
     if ref in list_models():
-        return BenchModel(ref, create_model(ref).eval())
+        return BenchModel(ref, create_model(ref).eval(), trained=False)
     raise ValueError(f"{ref}: neither a model file nor a registered model name (see 'squeezelab models')")
 
 
@@ -99,8 +101,8 @@ def _environment(settings: BenchSettings) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "peak_gflops": measure_peak_gflops(),
-        "peak_method": "best of 8 fp32 2048x2048 torch.mm",
+        "peak_gflops": measure_peak_gflops(settings.peak_size),
+        "peak_method": f"best of 8 fp32 {settings.peak_size}x{settings.peak_size} torch.mm",
         "warmup": settings.warmup,
         "iters": settings.iters,
     }
@@ -120,17 +122,15 @@ def _cpu_name() -> str:
 def _bench_one(entry: BenchModel, settings: BenchSettings, workdir: Path, peak_gflops: float) -> list[dict[str, Any]]:
     cfg = entry.model.default_cfg
     size = (cfg.input_size[0], *(settings.input_size or cfg.input_size[1:]))
-    calibration = None
-    if "int8" in settings.backends and settings.calibration is not None:
-        calibration = calibration_batch(settings.calibration, cfg, settings.calibration_count, progress=settings.progress)
-    artifacts = ModelArtifacts(entry.model, workdir, settings.threads, calibration)
-    backends, unavailable = {}, {}
-    for name in tqdm(settings.backends, desc=f"{entry.name}: preparing", disable=not settings.progress, leave=False):
-        try:
-            backends[name] = build_backend(name, artifacts)
-        except BackendUnavailable as exc:
-            unavailable[name] = str(exc)
-    accuracy = _accuracies(backends, cfg, settings) if settings.eval_data is not None else {}
+    artifacts = ModelArtifacts(
+        entry.model, workdir, settings.threads, settings.calibration, settings.calibration_count, settings.progress
+    )
+    backends, unavailable = _build_backends(entry.name, settings, artifacts, size)
+    accuracy = {}
+    if settings.eval_data is not None and entry.trained:
+        # Accuracy at the model's own input size, as it was trained and published.
+        native = backends if size == cfg.input_size else _build_backends(entry.name, settings, artifacts, cfg.input_size)[0]
+        accuracy = _accuracies(native, cfg, settings)
     shared = {
         "model": entry.name,
         "infer_img_size": f"{size[1]}x{size[2]}",
@@ -148,9 +148,19 @@ def _bench_one(entry: BenchModel, settings: BenchSettings, workdir: Path, peak_g
             if name in timings:
                 row.update(_speed_columns(timings[name], baseline, batch_size, shared["infer_gmacs"], peak_gflops))
             row.update(accuracy.get(name, {}))
-            row["note"] = unavailable.get(name) or failures.get(name, "")
+            row["note"] = unavailable.get(name) or failures.get(name) or ("" if entry.trained else "random weights")
             rows.append(row)
     return rows
+
+
+def _build_backends(label: str, settings: BenchSettings, artifacts: ModelArtifacts, size: tuple[int, ...]):
+    backends, unavailable = {}, {}
+    for name in tqdm(settings.backends, desc=f"{label}: preparing", disable=not settings.progress, leave=False):
+        try:
+            backends[name] = build_backend(name, artifacts, size)
+        except BackendUnavailable as exc:
+            unavailable[name] = str(exc)
+    return backends, unavailable
 
 
 def _timings(backends: dict[str, nn.Module], batch: torch.Tensor, settings: BenchSettings):

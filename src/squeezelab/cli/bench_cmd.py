@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, default=2, help="CPU threads for every backend (default 2)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed calls per backend (default 5)")
     bench.add_argument("--iters", type=int, default=30, help="timed calls per backend and batch size (default 30)")
+    bench.add_argument("--peak-size", type=int, default=2048, help="matrix size of the fp32 peak measurement (default 2048)")
     bench.add_argument("--out", help="folder for bench.csv/.json/.md/.png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.set_defaults(func=run_bench)
@@ -63,6 +64,7 @@ def run_bench(args: argparse.Namespace) -> int:
         calibration_count=args.calibration_count,
         eval_data=args.eval_data,
         eval_limit=args.eval_limit,
+        peak_size=args.peak_size,
         progress=not args.no_progress,
     )
     result = bench_models(args.models, settings)

@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMAND_MODULES = ("models_cmd", "interop_cmd", "bench_cmd", "sweep_cmd", "train_cmd", "quickstart_cmd")
+COMMAND_MODULES = ("models_cmd", "interop_cmd", "bench_cmd", "sweep_cmd", "train_cmd", "quickstart_cmd", "compress_cmd")
 
 
 class CLIError(Exception):

@@ -12,7 +12,7 @@ KMEANS_INITS = ("linear", "density")
 
 
 def kmeans_1d(
-    values: np.ndarray, k: int, init: str = "linear", max_iter: int = 100
+    values: np.ndarray, k: int, init: str = "linear", max_iter: int = 300
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster ``values`` into at most ``k`` centroids.
 
@@ -42,6 +42,8 @@ def kmeans_1d(
         centroids = np.sort(updated)
     starts, ends = _segments(ordered, centroids)
     used = ends > starts
+    # Each shared value is exactly the mean of its members, converged or not.
+    centroids = (prefix[ends] - prefix[starts]) / np.maximum(ends - starts, 1)
     sorted_labels = np.repeat(np.arange(int(used.sum())), (ends - starts)[used])
     labels = np.empty(values.size, dtype=np.int64)
     labels[order] = sorted_labels

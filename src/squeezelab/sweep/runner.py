@@ -23,6 +23,7 @@ import torch
 import warnings
 from optuna.trial import TrialState
 
+from squeezelab.bench.timing import interleaved_timings
 from squeezelab.compress import DEEP_COMPRESSION_DENSITIES, prune, quantize, save_compressed
 from squeezelab.models import count_macs, count_params
 from squeezelab.train import train_from_config
@@ -255,6 +256,15 @@ def run_trial(spec: StudySpec, params: dict[str, Any], run_dir: Path, progress: 
     if spec.compress:
         metrics.update(_compressed_size(model, run_dir))
     return metrics
+
+
+@torch.inference_mode()
+def _cpu_latency_ms(model: torch.nn.Module, input_size: tuple[int, ...]) -> float:
+    """Median batch-1 eager latency on the CPU, in milliseconds."""
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    image = torch.zeros(1, *input_size)
+    timing = interleaved_timings({"eager": lambda: cpu_model(image)}, warmup=3, iters=20, rounds=1)["eager"]
+    return 1000.0 * timing.median
 
 
 def _compressed_size(model: torch.nn.Module, run_dir: Path) -> dict[str, Any]:

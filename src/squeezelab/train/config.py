@@ -58,7 +58,7 @@ class TrainConfig:
     # execution
     device: str = "auto"
     amp: str = "auto"
-    channels_last: bool = False
+    channels_last: bool = True  # 1.4-3x faster CPU training measured by benchmarks/bench_train_settings.py
     compile: bool = False
     sync_bn: bool = False
     seed: int = 0
@@ -71,22 +71,22 @@ class TrainConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accumulate": self.accumulate, "step_size": self.step_size}
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"config {name}: must be a positive integer, got {value!r}")
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         if self.lr <= 0:
-            raise ValueError(f"config lr: must be > 0, got {self.lr}")
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.label_smoothing < 0 or self.label_smoothing >= 1:
-            raise ValueError("config weight_decay must be >= 0 and label_smoothing in [0, 1)")
+            raise ValueError("weight_decay must be >= 0 and label_smoothing in [0, 1)")
         if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs):
-            raise ValueError(f"config warmup_epochs: must be in [0, epochs), got {self.warmup_epochs}")
+            raise ValueError(f"warmup_epochs: must be in [0, epochs), got {self.warmup_epochs}")
         if not 0.0 < self.onecycle_pct_start < 1.0:
-            raise ValueError(f"config onecycle_pct_start: must be in (0, 1), got {self.onecycle_pct_start}")
+            raise ValueError(f"onecycle_pct_start: must be in (0, 1), got {self.onecycle_pct_start}")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"config grad_clip: must be > 0 or null, got {self.grad_clip}")
+            raise ValueError(f"grad_clip: must be > 0 or null, got {self.grad_clip}")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in choices:
-            raise ValueError(f"config {name}: must be one of {', '.join(choices)}, got {value!r}")
+            raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Accuracy recipes: train each config of experiments/train/ and compare its test top-1 with the target.
+#
+#   benchmarks/train_accuracy.sh                 # all three (MNIST and CIFAR-10 take hours on a CPU)
+#   benchmarks/train_accuracy.sh digits          # one of: digits mnist cifar10
+#
+# Data: ../shared/data (MNIST raw IDX files, CIFAR-10 JPEG copy); set DATA_ROOT to use another folder, or
+# leave it empty to let torchvision download. Runs go to runs/accuracy-<name>; an interrupted run continues
+# where it stopped when the script is started again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SQUEEZELAB=${SQUEEZELAB:-.venv/bin/squeezelab}
+DATA_ROOT=${DATA_ROOT-../shared/data}
+
+run() {  # name config target
+  local name=$1 config=$2 target=$3 out=runs/accuracy-$1
+  if [ -f "$out/last.pt" ] && [ ! -f "$out/results.json" ]; then
+    "$SQUEEZELAB" train --resume "$out"
+  elif [ ! -f "$out/results.json" ]; then
+    "$SQUEEZELAB" train --config "$config" ${DATA_ROOT:+--data-root "$DATA_ROOT"} --out "$out"
+  fi
+  .venv/bin/python - "$out/results.json" "$name" "$target" <<'PY'
+import json, sys
+results = json.load(open(sys.argv[1]))
+top1, target = results["test"]["top1"], float(sys.argv[3])
+print(f"{sys.argv[2]}: {results['model']} ({results['params']:,} parameters) test top-1 {top1:.2f}% "
+      f"(target >= {target}%): {'PASS' if top1 >= target else 'FAIL'}; {results['train_seconds'] / 60:.1f} min")
+PY
+}
+
+for name in "${@:-digits mnist cifar10}"; do
+  for one in $name; do
+    case $one in
+      digits) DATA_ROOT= run digits experiments/train/digits.yaml 98 ;;
+      mnist) run mnist experiments/train/mnist.yaml 99.5 ;;
+      cifar10) run cifar10 experiments/train/cifar10_sqnxt.yaml 90 ;;
+      *) echo "unknown recipe $one (digits, mnist, cifar10)" >&2; exit 2 ;;
+    esac
+  done
+done

@@ -1,0 +1,228 @@
+"""``squeezelab compress``, ``decompress``, ``sensitivity`` and ``dsd`` (Deep Compression)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from squeezelab.compress import (
+    inspect_compressed,
+    load_compressed,
+    parse_bits_spec,
+    parse_density_spec,
+)
+from squeezelab.compress.coding import SYMBOL_ENCODERS
+from squeezelab.compress.dsd import dense_sparse_dense
+from squeezelab.compress.finetune import finetune_config
+from squeezelab.compress.kmeans import KMEANS_INITS
+from squeezelab.compress.pipeline import compress_and_evaluate
+from squeezelab.compress.positions import POSITION_CODERS
+from squeezelab.compress.sensitivity import (
+    SWEEP_KINDS,
+    Sensitivity,
+    accuracy_scorer,
+    allocate,
+    distillation_scorer,
+    sweep,
+)
+from squeezelab.data import build_datasets, build_loaders, dataset_options_from_config, list_datasets
+from squeezelab.interop.loading import load_any_model
+from squeezelab.models.files import save_model
+from squeezelab.models.profile import MB, MIB
+
+from .common import format_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    compress = subparsers.add_parser(
+        "compress",
+        help="prune, weight-share and entropy-code a model into a .sqz file (Deep Compression)",
+        description="Density and bits take one value or KEY=VALUE pairs by layer name or kind "
+        "(stem, classifier, conv1x1, conv3x3, conv, linear, default), e.g. --density conv3x3=0.33,classifier=0.2.",
+    )
+    _add_model_argument(compress)
+    compress.add_argument("-o", "--output", type=Path, required=True, help="the .sqz file to write")
+    compress.add_argument(
+        "--density",
+        help="fraction of weights kept: 0.3 (global threshold), conv3x3=0.33,classifier=0.2, std:0.7 "
+        "(Han's |w| < 0.7 std rule) or deep-compression (the released SqueezeNet's densities); default: no pruning",
+    )
+    compress.add_argument("--bits", default="5", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
+    compress.add_argument("--init", choices=KMEANS_INITS, default="linear", help="k-means initialisation")
+    compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
+    compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
+    compress.add_argument("--tensor-dtype", choices=("float32", "float16"), default="float32", help="biases, BN")
+    _add_data_arguments(compress, required=False)
+    compress.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after each stage")
+    compress.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps (each fine-tuned)")
+    compress.add_argument("--lr", type=float, default=0.001, help="fine-tuning learning rate")
+    compress.add_argument("--batch-size", type=int, default=128)
+    compress.add_argument("--run-dir", type=Path, help="fine-tuning run directories (checkpoints, curves)")
+    compress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
+    compress.add_argument("--quiet", action="store_true")
+    compress.set_defaults(func=run_compress)
+
+    decompress = subparsers.add_parser("decompress", help="decode a .sqz file into a dense model file, or report its size")
+    decompress.add_argument("input", type=Path, help=".sqz file")
+    decompress.add_argument("-o", "--output", type=Path, help="dense squeezelab model file to write (.pt)")
+    decompress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
+    decompress.set_defaults(func=run_decompress)
+
+    sensitivity = subparsers.add_parser(
+        "sensitivity", help="per-layer accuracy as each layer alone is pruned (or quantized); CSV + PNG; budgets"
+    )
+    _add_model_argument(sensitivity, required=False)
+    sensitivity.add_argument("--kind", choices=SWEEP_KINDS, default="density")
+    sensitivity.add_argument("--values", help="comma-separated densities or bits (default: a standard sweep)")
+    sensitivity.add_argument("--layers", help="comma-separated layer names (default: all prunable layers)")
+    _add_data_arguments(sensitivity, required=False)
+    sensitivity.add_argument(
+        "--unlabelled", type=int, metavar="N",
+        help="score by KL divergence from the untouched model on N images of the data (labels unused)",
+    )  # fmt: skip
+    sensitivity.add_argument("--out", type=Path, metavar="STEM", help="write STEM.csv and STEM.png")
+    sensitivity.add_argument("--from-csv", type=Path, help="skip the sweep: read curves from a sensitivity CSV")
+    sensitivity.add_argument("--metric", help="metric for the plot and budgets (default top1, or kl)")
+    budget = sensitivity.add_mutually_exclusive_group()
+    budget.add_argument("--max-bytes", type=int, help="allocate per-layer settings for this weight size budget")
+    budget.add_argument("--max-drop", type=float, help="allocate per-layer settings within this summed metric drop")
+    sensitivity.add_argument("--quiet", action="store_true")
+    sensitivity.set_defaults(func=run_sensitivity)
+
+    dsd = subparsers.add_parser("dsd", help="Dense-Sparse-Dense training (dense -> prune + retrain -> restore + retrain)")
+    _add_model_argument(dsd)
+    _add_data_arguments(dsd, required=True)
+    dsd.add_argument("--density", default="0.5", help="density of the sparse phase (see compress --density)")
+    dsd.add_argument("--epochs", type=int, default=10, help="epochs per phase")
+    dsd.add_argument("--dense-epochs", type=int, help="epochs of the first dense phase (0: model already trained)")
+    dsd.add_argument("--lr", type=float, default=0.01, help="learning rate (the re-dense phase uses a tenth)")
+    dsd.add_argument("--batch-size", type=int, default=128)
+    dsd.add_argument("--run-dir", type=Path, required=True, help="phase run directories; rerun to resume")
+    dsd.add_argument("-o", "--output", type=Path, help="final dense model file (.pt)")
+    dsd.add_argument("--quiet", action="store_true")
+    dsd.set_defaults(func=run_dsd)
+
+
+def _add_model_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("model", type=Path, nargs=None if required else "?", help="model file, checkpoint, .sqz or .net")
+    parser.add_argument("--arch", help="registered model name, for files holding a bare state_dict")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--dataset", choices=list_datasets(), required=required, help="data for fine-tuning / evaluation")
+    parser.add_argument("--data-root", help="data folder (e.g. ../shared/data)")
+    parser.add_argument("--limit", type=int, help="use at most N training and N test images")
+
+
+def _model_data(model, args: argparse.Namespace):
+    if args.dataset is None:
+        return None
+    return build_datasets(
+        args.dataset, args.data_root, limit=args.limit, progress=not args.quiet, **dataset_options_from_config(model.default_cfg)
+    )
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    model = load_any_model(args.model, args.arch)
+    data = _model_data(model, args)
+    outcome = compress_and_evaluate(
+        model,
+        args.output,
+        density=parse_density_spec(args.density) if args.density else None,
+        bits=parse_bits_spec(args.bits),
+        init=args.init,
+        data=data,
+        finetune_epochs=args.finetune_epochs,
+        prune_steps=args.prune_steps,
+        train_config=finetune_config(max(args.finetune_epochs, 1), lr=args.lr, batch_size=args.batch_size),
+        run_dir=args.run_dir,
+        index_coder=args.index_coder,
+        position_coder=args.position_coder,
+        tensor_dtype=args.tensor_dtype,
+        progress=not args.quiet,
+        log=None if args.quiet else print,
+    )
+    _print_report(outcome.report, args.report)
+    print(outcome.summary())
+    return 0
+
+
+def _print_report(report, stem: Path | None) -> None:
+    headers, rows = report.table()
+    keep = [headers.index(h) for h in ("layer", "params", "nonzeros", "density", "clusters", "index B", "position B", "total B")]
+    print(format_table([headers[i] for i in keep], [[row[i] for i in keep] for row in rows]))
+    if stem is not None:
+        print("report: " + ", ".join(str(p) for p in report.write(stem)))
+
+
+def run_decompress(args: argparse.Namespace) -> int:
+    report = inspect_compressed(args.input)
+    _print_report(report, args.report)
+    print(f"{args.input}: {report.file_bytes:,} bytes ({report.file_bytes / MB:.3f} MB, {report.file_bytes / MIB:.3f} MiB)")
+    if args.output is not None:
+        save_model(load_compressed(args.input), args.output)
+        print(f"dense model file: {args.output} ({args.output.stat().st_size:,} bytes)")
+    return 0
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    if args.from_csv is not None:
+        result = Sensitivity.from_csv(args.from_csv)
+    else:
+        result = _run_sweep(args)
+    metric = args.metric or ("kl" if "kl" in result.baseline else "top1")
+    if metric not in result.baseline:
+        raise ValueError(f"--metric {metric!r} was not measured; measured: {', '.join(result.metrics)}")
+    for layer, (xs, ys) in result.curves(metric).items():
+        print(f"{layer:<28} " + "  ".join(f"{x:g}:{y:.4g}" for x, y in zip(xs, ys)))
+    if args.out is not None:
+        print("written: " + ", ".join(str(p) for p in result.write(args.out, metric)))
+    if args.max_bytes is not None or args.max_drop is not None:
+        settings = allocate(result, metric, max_bytes=args.max_bytes, max_degradation=args.max_drop)
+        print(f"allocated {result.kind} per layer: " + ",".join(f"{name}={value:g}" for name, value in settings.items()))
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> Sensitivity:
+    if args.model is None or args.dataset is None:
+        raise ValueError("a sweep needs a model file and --dataset (or --from-csv to reuse a sweep)")
+    model = load_any_model(args.model, args.arch)
+    splits = _model_data(model, args)
+    loader = build_loaders(splits, 256).test
+    if args.unlabelled:
+        images = []
+        for batch, _ in loader:
+            images.append(batch)
+            if sum(len(b) for b in images) >= args.unlabelled:
+                break
+        scorer = distillation_scorer(torch.cat(images)[: args.unlabelled], model)
+    else:
+        scorer = accuracy_scorer(loader)
+    values = [float(v) for v in args.values.split(",")] if args.values else None
+    layers = args.layers.split(",") if args.layers else None
+    return sweep(model, scorer, args.kind, values, layers, progress=not args.quiet)
+
+
+def run_dsd(args: argparse.Namespace) -> int:
+    model = load_any_model(args.model, args.arch).train()
+    data = _model_data(model, args)
+    config = finetune_config(args.epochs, lr=args.lr, batch_size=args.batch_size)
+    result = dense_sparse_dense(
+        model,
+        data,
+        config,
+        parse_density_spec(args.density),
+        dense_epochs=args.dense_epochs,
+        run_dir=args.run_dir,
+        progress=not args.quiet,
+        log=None if args.quiet else print,
+    )
+    rows = [[phase, f"{m['top1']:.2f}%", f"{m['top5']:.2f}%"] for phase, m in (("dense", result.dense), ("sparse", result.sparse), ("re-dense", result.redense)) if m]
+    if rows:
+        print(format_table(["phase", "test top-1", "test top-5"], rows))
+    if args.output is not None:
+        save_model(result.model, args.output)
+        print(f"model file: {args.output}")
+    return 0

@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from squeezelab import create_model
+from squeezelab.data import build_datasets
+from squeezelab.train import TrainConfig
+
+TINY_KWARGS = {"layout": "v1_1_small", "base_e": 16, "incr_e": 16, "num_classes": 10, "in_chans": 1}
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run faster on one thread, on a busy machine by far."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """300 real 8x8 digits (the embedded data set) split train / val / test, decoded once per session."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SQUEEZELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return build_datasets("digits", in_chans=1, input_size=8, limit=300, progress=False, seed=3)
+
+
+def tiny_model(seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A narrow SqueezeNet (about 14k weights) for 1x8x8 digits."""
+    torch.manual_seed(seed)
+    return create_model("squeezenet_generator", **{**TINY_KWARGS, **kwargs})
+
+
+@pytest.fixture
+def tiny_config() -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=32, lr=0.05, device="cpu", amp="off", seed=7, schedule="constant")

@@ -1,0 +1,101 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from squeezelab.compress import (
+    StdThreshold,
+    bake,
+    densities,
+    iterative_prune,
+    layer_kinds,
+    parse_density_spec,
+    prunable_layers,
+    prune,
+    strip,
+)
+from squeezelab.compress.pruning import PruningMask, plain_copy, plain_state_dict
+from squeezelab.train import fit
+
+from .conftest import tiny_model
+
+
+def test_per_layer_densities_are_exact():
+    model = tiny_model()
+    reached = prune(model, {"conv3x3": 0.3, "classifier": 0.25, "default": 0.5})
+    kinds = layer_kinds(model)
+    for name, module in prunable_layers(model).items():
+        expected = 0.3 if "conv3x3" in kinds[name] else 0.25 if "classifier" in kinds[name] else 0.5
+        kept = int((module.weight != 0).sum())
+        assert kept == round(expected * module.weight.numel()), name
+        assert reached[name] == pytest.approx(kept / module.weight.numel())
+
+
+def test_magnitude_order_global_target_and_std_rule():
+    model = tiny_model()
+    weights = {name: m.weight.detach().clone() for name, m in prunable_layers(model).items()}
+    reached = prune(model, 0.2)
+    total = sum(w.numel() for w in weights.values())
+    assert sum(reached[n] * weights[n].numel() for n in weights) == pytest.approx(round(0.2 * total), abs=len(weights))
+    threshold = min(w[m.weight != 0].abs().min() for (n, w), m in zip(weights.items(), prunable_layers(model).values()))
+    pruned_max = max(w[m.weight == 0].abs().max() for (n, w), m in zip(weights.items(), prunable_layers(model).values()))
+    assert pruned_max <= threshold  # one global magnitude threshold
+
+    model = tiny_model()
+    first = next(iter(prunable_layers(model).values())).weight.detach()
+    expected = (first.abs() >= 0.5 * first.std()).float().mean().item()
+    assert prune(model, StdThreshold(0.5))["features.0"] == pytest.approx(expected)
+
+
+def test_iterative_pruning_only_removes_weights():
+    model = tiny_model()
+    seen = []
+    prune(model, 0.8)
+    before = {n: m.weight != 0 for n, m in prunable_layers(model).items()}
+    reached = iterative_prune(model, {"default": 0.3}, 3, lambda m, step: seen.append((step, densities(m))))
+    assert [step for step, _ in seen] == [1, 2, 3]
+    assert all(value == pytest.approx(0.3, abs=0.01) for value in reached.values())
+    for name, module in prunable_layers(model).items():
+        assert not ((module.weight != 0) & ~before[name]).any()  # nothing pruned comes back
+
+
+def test_masks_survive_fit(digits, tiny_config):
+    model = tiny_model(batch_norm="all")
+    prune(model, {"default": 0.4})
+    masks = {n: (m.weight != 0).clone() for n, m in prunable_layers(model).items()}
+    fit(model, tiny_config, digits, progress=False, log=None)
+    for name, module in prunable_layers(model).items():
+        assert isinstance(module.parametrizations.weight[0], PruningMask)
+        assert torch.equal(module.weight != 0, masks[name]), name  # pruned stay zero, kept ones moved
+
+
+def test_bake_strip_and_plain_copies():
+    model = tiny_model()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    prune(model, 0.5)
+    plain = plain_state_dict(model)
+    assert set(plain) == set(dense)
+    copy = plain_copy(model)
+    assert not any(".parametrizations." in key for key in copy.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    model.eval(), copy.eval()
+    torch.testing.assert_close(copy(x), model(x))
+    strip(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, dense[key])  # the original, unpruned weights
+    prune(model, 0.5)
+    bake(model)
+    assert type(model.features[0]) is nn.Conv2d
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.items())
+
+
+def test_density_spec_parsing_and_errors():
+    assert parse_density_spec("0.25") == 0.25
+    assert parse_density_spec("conv3x3=0.33,classifier=0.2") == {"conv3x3": 0.33, "classifier": 0.2}
+    assert parse_density_spec("std:0.7") == StdThreshold(0.7)
+    assert parse_density_spec("deep-compression")["classifier"] == 0.2
+    with pytest.raises(ValueError, match="--density"):
+        parse_density_spec("conv3x3=lots")
+    with pytest.raises(ValueError, match="no layer or layer kind named conv5x5"):
+        prune(tiny_model(), {"conv5x5": 0.5})
+    with pytest.raises(ValueError, match="density must be in"):
+        prune(tiny_model(), 1.5)

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from squeezelab.compress import WeightSharing, prunable_layers, prune, quantize, shared_layers
+from squeezelab.compress.sharing import share_weights
+from squeezelab.train import fit
+
+from .conftest import tiny_model
+
+
+def test_shared_weights_use_at_most_2_to_the_bits_values_and_keep_the_mask():
+    model = tiny_model()
+    prune(model, {"default": 0.5})
+    masks = {n: m.weight != 0 for n, m in prunable_layers(model).items()}
+    sizes = quantize(model, {"conv3x3": 3, "default": 4})
+    for name, module in prunable_layers(model).items():
+        values = module.weight[masks[name]].unique()
+        assert len(values) == sizes[name] <= (8 if "expand3x3" in name else 16)
+        assert torch.equal(module.weight != 0, masks[name])
+    assert set(shared_layers(model)) == set(prunable_layers(model))
+
+
+def test_centroid_gradient_is_the_sum_over_its_cluster():
+    conv = torch.nn.Conv2d(4, 6, 3)
+    sharing = share_weights(conv, 2)
+    x = torch.randn(3, 4, 8, 8)
+    conv(x).square().sum().backward()
+    reference = torch.nn.Conv2d(4, 6, 3)
+    with torch.no_grad():
+        reference.weight.copy_(conv.weight)
+        reference.bias.copy_(conv.bias)
+    reference(x).square().sum().backward()
+    expected = torch.zeros_like(sharing.codebook).index_add_(0, sharing.indices.flatten(), reference.weight.grad.flatten())
+    torch.testing.assert_close(sharing.codebook.grad, expected)
+
+
+def test_fine_tuning_moves_centroids_not_assignments(digits, tiny_config):
+    model = tiny_model()
+    prune(model, 0.5)
+    quantize(model, 3)
+    before = {n: (s.codebook.detach().clone(), s.indices.clone()) for n, s in shared_layers(model).items()}
+    fit(model, tiny_config.updated(lr=0.01), digits, progress=False, log=None)
+    moved = 0
+    for name, sharing in shared_layers(model).items():
+        assert isinstance(sharing, WeightSharing)
+        assert torch.equal(sharing.indices, before[name][1])
+        moved += int(not torch.equal(sharing.codebook, before[name][0]))
+    assert moved == len(before)
+
+
+def test_bits_out_of_range():
+    with pytest.raises(ValueError, match="bits must be in"):
+        quantize(tiny_model(), 0)
