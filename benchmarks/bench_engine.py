@@ -2,7 +2,7 @@
 
 Both train the same model from the same initial weights on the same CIFAR-10 images (the JPEG copy in
 ../shared/data/cifar10-jpeg, decoded once) with the same settings: SGD + Nesterov, batch 128, random crop
-with 4-pixel padding and horizontal flip, fp32. The minimal loop is the floor of overhead: a random
+with 4-pixel padding and horizontal flip, fp32, channels_last (the trainer's defaults). The minimal loop is the floor of overhead: a random
 permutation, tensor slicing, the same batched augmentation, forward/backward/step. The engine adds its
 DataLoader, scheduler, metrics, NaN checks and progress bar. A third row shows the usual per-image pipeline
 (torchvision ImageFolder + PIL transforms in 2 DataLoader workers) on the same model.
@@ -83,6 +83,8 @@ def minimal_loop(model: torch.nn.Module, splits, config: TrainConfig) -> float:
     """The least a training epoch can do with the same data and settings."""
     images, targets = splits.train.images, splits.train.targets
     normalize, augment = splits.normalization, splits.augment
+    layout = _layout(config)
+    model = model.to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(0)
     model.train()
@@ -91,7 +93,7 @@ def minimal_loop(model: torch.nn.Module, splits, config: TrainConfig) -> float:
     seen = 0
     for first in range(0, len(order) - config.batch_size + 1, config.batch_size):
         index = order[first : first + config.batch_size]
-        x = normalize(augment(images[index], generator))
+        x = normalize(augment(images[index], generator)).contiguous(memory_format=layout)
         loss = F.cross_entropy(model(x), targets[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,17 +107,23 @@ def per_image_pipeline(model: torch.nn.Module, folder: Path, limit: int, config:
     dataset = datasets.ImageFolder(str(folder), transform=transform)
     subset = torch.utils.data.Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit].tolist())
     loader = DataLoader(subset, batch_size=config.batch_size, shuffle=True, num_workers=2, drop_last=True)
+    layout = _layout(config)
+    model = model.to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     model.train()
     start = time.perf_counter()
     seen = 0
     for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.contiguous(memory_format=layout)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         seen += len(y)
     return seen / (time.perf_counter() - start)
+
+
+def _layout(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
 
 
 if __name__ == "__main__":

@@ -31,6 +31,24 @@ def tiny_model(seed: int = 0, **kwargs) -> torch.nn.Module:
     return create_model("squeezenet_generator", **{**TINY_KWARGS, **kwargs})
 
 
+@pytest.fixture(scope="session")
+def trained_state(digits):
+    """The tiny model after 3 epochs on the digits (a trained model to compress): weights and config."""
+    from squeezelab.train import fit
+
+    model = tiny_model()
+    config = TrainConfig(epochs=3, batch_size=32, lr=0.05, device="cpu", amp="off", seed=7)
+    fit(model, config, digits, progress=False, log=None)
+    return {"state_dict": model.state_dict(), "default_cfg": model.default_cfg}
+
+
+def trained_tiny(trained) -> torch.nn.Module:
+    model = tiny_model()
+    model.load_state_dict(trained["state_dict"])
+    model.default_cfg = trained["default_cfg"]
+    return model
+
+
 @pytest.fixture
 def tiny_config() -> TrainConfig:
     return TrainConfig(epochs=1, batch_size=32, lr=0.05, device="cpu", amp="off", seed=7, schedule="constant")

@@ -79,6 +79,10 @@ def test_every_format_is_detected_and_loads(tmp_path):
     assert load_any_model(model_file).model_spec["name"] == "squeezenet1_1_cifar"
     assert load_any_model(caffe_file).default_cfg.channel_order == "BGR"
     assert not load_any_model(model_file).training
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    with pytest.raises(ValueError, match="not a model file squeezelab reads"):
+        load_any_model(text_file)
 
 
 def test_compressed_files_load_through_squeezelab_compress(tmp_path):

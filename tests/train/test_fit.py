@@ -15,6 +15,7 @@ from squeezelab.train import (
     fit,
     load_checkpoint,
     quickstart,
+    resume_training,
     train_from_config,
 )
 from squeezelab.train.rundir import METRIC_COLUMNS
@@ -54,7 +55,7 @@ def test_resume_after_interrupt_gives_identical_weights(tiny_config, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_from_config(tiny_config, tmp_path / "b", progress=False, log=interrupt_after_first_epoch)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
-    resumed = train_from_config(tiny_config, tmp_path / "b", resume=True, progress=False, log=None)
+    resumed = resume_training(tmp_path / "b", progress=False, log=None)  # rebuilds everything from config.yaml
     a, b = uninterrupted.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in uninterrupted.history]

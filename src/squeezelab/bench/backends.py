@@ -14,6 +14,7 @@ import torch.nn as nn
 from squeezelab.interop.onnx_export import export_onnx
 from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch, quantize_int8
 from squeezelab.interop.runtime import OnnxModel
+from squeezelab.utils.errors import first_line
 
 BACKENDS = ("eager", "channels_last", "bf16", "compile", "onnx", "int8")
 DEFAULT_BACKENDS = ("eager", "channels_last", "onnx", "int8")
@@ -87,7 +88,7 @@ def _compiled(artifacts: ModelArtifacts, size: tuple[int, ...]) -> nn.Module:
     try:
         return torch.compile(artifacts.model)
     except Exception as exc:  # torch.compile raises many backend-specific types; all mean "not available here"
-        raise BackendUnavailable(f"torch.compile failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise BackendUnavailable(f"torch.compile failed: {first_line(exc)}") from None
 
 
 _BUILDERS: dict[str, Callable[[ModelArtifacts, tuple[int, ...]], nn.Module]] = {

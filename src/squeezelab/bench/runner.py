@@ -22,6 +22,7 @@ from squeezelab.interop.onnx_export import random_images
 from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT
 from squeezelab.models import count_macs, count_params, create_model, list_models
 from squeezelab.models.profile import MB
+from squeezelab.utils.errors import first_line
 
 from .backends import BASELINE, DEFAULT_BACKENDS, BackendUnavailable, ModelArtifacts, build_backend
 from .peak import measure_peak_gflops
@@ -170,7 +171,7 @@ def _timings(backends: dict[str, nn.Module], batch: torch.Tensor, settings: Benc
             with torch.inference_mode():
                 module(batch)  # first call: torch.compile compiles here, onnxruntime allocates
         except Exception as exc:  # a backend failing on this input is reported in its row, not fatal
-            failures[name] = f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            failures[name] = f"failed: {first_line(exc)}"
             continue
         calls[name] = _inference_call(module, batch)
     return interleaved_timings(calls, settings.warmup, settings.iters, settings.rounds) if calls else {}, failures

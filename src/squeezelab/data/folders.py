@@ -144,7 +144,8 @@ def _normalize_name(name: str) -> str:
 
 
 def _unique_name_index(names: Sequence[str]) -> dict[str, int]:
-    # Two ImageNet classes share a name ('crane', 'maillot'): those cannot be told apart without wnids.
+    # Two of torchvision's names differ only in case ('Cardigan' the corgi, 'cardigan' the sweater): such
+    # classes cannot be told apart from a file name without its wnid.
     counts: dict[str, int] = {}
     for name in names:
         counts[_normalize_name(name)] = counts.get(_normalize_name(name), 0) + 1

@@ -98,12 +98,18 @@ def deploy(
         return Deployment(model, "eager", model.default_cfg)
     source_hash = file_sha256(path)
     sidecars = sidecar_paths(path)
+    chosen = backend
     if backend == "auto":
-        backend = "int8" if calibration is not None or _is_fresh(sidecars["int8"], source_hash) else "onnx"
-    if not _is_fresh(sidecars[backend], source_hash):
-        _build_sidecars(path, arch, backend, sidecars, source_hash, calibration, calibration_count, progress)
-    model = OnnxModel(sidecars[backend], threads=threads)
-    return Deployment(model, backend, model.default_cfg, sidecars[backend])
+        chosen = "int8" if calibration is not None or _is_fresh(sidecars["int8"], source_hash) else "onnx"
+    if not _is_fresh(sidecars[chosen], source_hash):
+        try:
+            _build_sidecars(path, arch, chosen, sidecars, source_hash, calibration, calibration_count, progress)
+        except PermissionError:
+            if backend != "auto":
+                raise
+            return deploy(path, "eager", arch)  # read-only model folder: nowhere to cache the export
+    model = OnnxModel(sidecars[chosen], threads=threads)
+    return Deployment(model, chosen, model.default_cfg, sidecars[chosen])
 
 
 def _build_sidecars(

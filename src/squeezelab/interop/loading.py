@@ -28,6 +28,7 @@ from .classes import IMAGENET_NUM_CLASSES, imagenet_class_names
 SQZ_MAGIC = b"SQZL"
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_2 = b"\x80\x02"  # torch's legacy (pre-1.6) serialization starts with a pickle header
+KNOWN_FORMATS = "squeezelab .pt, torch state_dict .pth, .sqz, Deep Compression .net"
 # Wrappers that training scripts put around a state_dict.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -58,7 +59,12 @@ def load_any_model(path: str | os.PathLike, arch: str | None = None, num_classes
 
         return load_compressed(path).eval()
     if kind == "caffe-deep-compression":
-        return import_caffe_compressed(path)
+        try:
+            return import_caffe_compressed(path)
+        except ValueError:
+            if Path(path).suffix == ".net":
+                raise  # the decoder's message says what is wrong with the file
+            raise ValueError(f"{path}: not a model file squeezelab reads ({KNOWN_FORMATS})") from None
     content = safe_torch_load(path)
     if isinstance(content, Mapping) and content.get("format") == MODEL_FILE_FORMAT:
         return model_from_record(dict(content), source=str(path)).eval()

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from squeezelab.utils.errors import first_line
+
 from .onnx_export import INPUT_NAME, onnx_config
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -32,8 +34,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimizatio
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: onnxruntime cannot load it ({first})") from None
+        raise ValueError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
 
 
 class OnnxModel(nn.Module):

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from squeezelab.utils.files import atomic_write_text
+from squeezelab.utils.files import atomic_write_text, read_mapping
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "poly", "onecycle")
@@ -117,16 +117,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise FileNotFoundError(f"{path}: cannot read config ({exc.strerror})") from None
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return cls.from_dict(read_mapping(path, "training settings"), source=str(path))
 
     def updated(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` applied (None values are ignored), validated."""

@@ -90,7 +90,7 @@ def fit(
     if loaders.train is None:
         raise ValueError(f"dataset {loaders.splits.name!r} has no training split")
     _record_preprocessing(model, loaders.splits)
-    config = _with_model_spec(config, model)
+    config = _resolved(config, model, loaders.splits)
     say = log if (log is not None and dist_info.is_main) else (lambda _message: None)
     show_bars = progress and dist_info.is_main
     run = RunDir(run_dir, enabled=dist_info.is_main)
@@ -179,11 +179,18 @@ def _record_preprocessing(model: nn.Module, splits: DatasetSplits) -> None:
         model.default_cfg = splits.model_config(cfg)
 
 
-def _with_model_spec(config: TrainConfig, model: nn.Module) -> TrainConfig:
+def _resolved(config: TrainConfig, model: nn.Module, splits: DatasetSplits) -> TrainConfig:
+    """The config as this run really is: the model's spec and the data's name, size and channels.
+
+    Written to ``config.yaml`` so that ``squeezelab train --config`` rebuilds the same model on the same data.
+    Class count and channels come from the data when the model is rebuilt, so they are not model arguments.
+    """
+    changes = {"dataset": splits.name, "input_size": list(splits.input_size[1:]), "in_chans": splits.input_size[0]}
     spec = getattr(model, "model_spec", None)
-    if not spec:
-        return config
-    return config.updated(model=spec["name"], model_kwargs=dict(spec.get("kwargs", {})))
+    if spec:
+        kwargs = {k: v for k, v in spec.get("kwargs", {}).items() if k not in ("num_classes", "in_chans")}
+        changes.update(model=spec["name"], model_kwargs=kwargs)
+    return config.updated(**changes)
 
 
 def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, dist_info: DistInfo) -> nn.Module:

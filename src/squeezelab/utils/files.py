@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import torch
+import yaml
 
 
 @contextlib.contextmanager
@@ -64,3 +66,22 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: not a readable PyTorch file ({first})") from None
+
+
+def read_mapping(path: str | os.PathLike, what: str = "settings") -> dict[str, Any]:
+    """A YAML (or, for ``.json``, JSON) file holding a mapping; errors name the file and say what it should be."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ValueError(f"{path}: not valid {kind}: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {what}, got {type(data).__name__}")
+    return data

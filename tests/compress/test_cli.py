@@ -1,0 +1,55 @@
+import pytest
+
+from squeezelab.cli.main import main
+from squeezelab.compress import load_compressed
+from squeezelab.models.files import load_model, save_model
+
+from .conftest import trained_tiny
+
+
+@pytest.fixture
+def model_file(tmp_path, trained_state):
+    path = tmp_path / "tiny.pt"
+    save_model(trained_tiny(trained_state), path)
+    return path
+
+
+def test_compress_decompress_sensitivity(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.setenv("SQUEEZELAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "tiny.sqz"
+    code = main([
+        "compress", str(model_file), "-o", str(out), "--density", "conv3x3=0.3,default=0.5", "--bits", "4",
+        "--dataset", "digits", "--limit", "300", "--finetune-epochs", "1", "--batch-size", "32",
+        "--report", str(tmp_path / "report"), "--quiet",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "compressed:" in printed and "test top-1" in printed and "ratio" in printed
+    assert all((tmp_path / f"report{s}").is_file() for s in (".md", ".csv", ".json", ".png"))
+    load_compressed(out)
+
+    assert main(["decompress", str(out), "-o", str(tmp_path / "dense.pt")]) == 0
+    assert load_model(tmp_path / "dense.pt").model_spec == load_compressed(out).model_spec
+    capsys.readouterr()
+
+    code = main([
+        "sensitivity", str(model_file), "--dataset", "digits", "--limit", "300", "--values", "1,0.5,0.2",
+        "--layers", "features.0,classifier.1", "--out", str(tmp_path / "sens"), "--max-drop", "5", "--quiet",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "allocated density per layer: features.0=" in printed
+    assert (tmp_path / "sens.csv").is_file() and (tmp_path / "sens.png").is_file()
+    assert main(["sensitivity", "--from-csv", str(tmp_path / "sens.csv"), "--max-drop", "100"]) == 0
+    assert "features.0=0.2,classifier.1=0.2" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
+    broken = tmp_path / "broken.sqz"
+    broken.write_bytes(b"SQZL" + bytes(40))
+    assert main(["decompress", str(broken)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("squeezelab decompress: error:") and str(broken) in error and "\n" not in error
+    assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bits", "conv=x"]) == 2
+    assert "--bits" in capsys.readouterr().err
+    assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--finetune-epochs", "1"]) == 2
+    assert "needs data" in capsys.readouterr().err

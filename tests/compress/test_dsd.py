@@ -1,0 +1,25 @@
+import torch
+
+from squeezelab.compress import prunable_layers
+from squeezelab.compress.dsd import dense_sparse_dense
+
+from .conftest import tiny_model
+
+
+def test_dense_sparse_dense_phases_and_resume(tmp_path, digits, tiny_config):
+    model = tiny_model()
+    result = dense_sparse_dense(model, digits, tiny_config, {"default": 0.5}, run_dir=tmp_path, progress=False, log=None)
+    assert result.dense and result.sparse and result.redense
+    assert all(abs(d - 0.5) < 0.05 for d in result.densities.values())
+    sparse = torch.load(tmp_path / "sparse" / "model.pt", weights_only=True)["state_dict"]
+    zeros = {name: sparse[f"{name}.weight"] == 0 for name in prunable_layers(model)}
+    assert sum(int(z.sum()) for z in zeros.values()) > 0.4 * sum(z.numel() for z in zeros.values())
+    # Re-dense: the pruned connections were restored and trained again.
+    revived = sum(int((m.weight[zeros[n]] != 0).sum()) for n, m in prunable_layers(model).items())
+    assert revived > 0 and not hasattr(model.features[0], "parametrizations")
+    # A finished run resumes to its final weights without training again.
+    again = tiny_model(seed=1)
+    rerun = dense_sparse_dense(again, digits, tiny_config, {"default": 0.5}, run_dir=tmp_path, progress=False, log=None)
+    assert rerun.redense is None
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value)

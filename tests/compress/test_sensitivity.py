@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from squeezelab.compress import prunable_layers
+from squeezelab.compress.sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, sweep
+from squeezelab.data import build_loaders
+
+from .conftest import trained_tiny
+
+
+def test_density_sweep_writes_csv_and_png(tmp_path, digits, trained_state):
+    model = trained_tiny(trained_state)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = ["features.0", "classifier.1"]
+    result = sweep(model, accuracy_scorer(build_loaders(digits, 128).test), "density", [1.0, 0.5, 0.1], layers, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is untouched
+    assert [(p.layer, p.value) for p in result.points] == [(l, v) for l in layers for v in (1.0, 0.5, 0.1)]
+    full = [p for p in result.points if p.value == 1.0]
+    assert all(p.metrics == result.baseline for p in full)
+    sizes = [p.layer_bytes for p in result.points if p.layer == "classifier.1"]
+    assert sizes[0] > sizes[1] > sizes[2]
+    csv_path, png_path = result.write(tmp_path / "sens", "top1")
+    assert png_path.stat().st_size > 1000
+    assert Sensitivity.from_csv(csv_path) == result
+
+
+def test_bits_sweep_with_distillation_and_allocation(digits, trained_state):
+    model = trained_tiny(trained_state)
+    images = torch.cat([x for x, _ in build_loaders(digits, 128).test])[:64]
+    result = sweep(model, distillation_scorer(images, model), "bits", [8, 4, 2], progress=False)
+    assert result.baseline["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert set(result.layers) == set(prunable_layers(model))
+    mildest = allocate(result, "kl", max_degradation=0.0)
+    assert all(bits == 8 for bits in mildest.values())
+    sizes = {(p.layer, p.value): p.layer_bytes for p in result.points}
+    budget = sum(sizes[layer, 4] for layer in result.layers)
+    settings = allocate(result, "kl", max_bytes=budget)
+    assert sum(sizes[layer, bits] for layer, bits in settings.items()) <= budget
+    with pytest.raises(ValueError, match="no setting"):
+        allocate(result, "kl", max_bytes=10)
+
+
+def test_bad_inputs(tmp_path, trained_state):
+    with pytest.raises(ValueError, match="kind"):
+        sweep(trained_tiny(trained_state), lambda m: {"kl": 0.0}, "width")
+    with pytest.raises(ValueError, match="no prunable layer"):
+        sweep(trained_tiny(trained_state), lambda m: {"kl": 0.0}, "bits", [4], ["nope"])
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="x.csv"):
+        Sensitivity.from_csv(tmp_path / "x.csv")

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from squeezelab.compress import (
+    CompressedFileError,
+    inspect_compressed,
+    load_compressed,
+    prune,
+    quantize,
+    save_compressed,
+    shared_layers,
+)
+from squeezelab.compress.pruning import plain_state_dict
+from squeezelab.compress.positions import POSITION_CODERS, decode_positions, encode_positions
+from squeezelab.models.profile import fp32_size_bytes
+
+from .conftest import tiny_model
+
+VARIANTS = {
+    "plain": {},
+    "batch norm": {"batch_norm": "all"},
+    "complex bypass": {"bypass": "complex"},
+    "simple bypass + bn": {"bypass": "simple", "batch_norm": "fires", "pct_3x3": 0.25},
+}
+
+
+def _compressed(**kwargs):
+    model = tiny_model(**kwargs)
+    prune(model, {"conv3x3": 0.3, "classifier": 0.2, "default": 0.6})
+    quantize(model, {"stem": 6, "default": 4})
+    return model
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_round_trip_is_bit_exact(tmp_path, variant):
+    model = _compressed(**VARIANTS[variant])
+    path = tmp_path / "model.sqz"
+    report = save_compressed(model, path)
+    decoded = load_compressed(path)
+    expected = plain_state_dict(model)
+    assert decoded.state_dict().keys() == expected.keys()
+    for key, value in decoded.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert decoded.model_spec == model.model_spec and decoded.default_cfg == model.default_cfg
+    assert report.file_bytes == path.stat().st_size
+    assert report.dense_fp32_bytes == fp32_size_bytes(tiny_model(**VARIANTS[variant]))
+    assert inspect_compressed(path) == report
+
+
+def test_float16_tensors_and_coder_choices(tmp_path):
+    model = _compressed(batch_norm="all")
+    sizes = {}
+    for index_coder in ("huffman", "ans"):
+        for position_coder in POSITION_CODERS:
+            path = tmp_path / f"{index_coder}-{position_coder}.sqz"
+            sizes[index_coder, position_coder] = save_compressed(model, path, index_coder, position_coder).file_bytes
+            decoded = load_compressed(path).state_dict()
+            assert all(torch.equal(decoded[k], v) for k, v in plain_state_dict(model).items())
+    assert sizes["huffman", "auto"] <= min(sizes["huffman", p] for p in POSITION_CODERS[1:])
+    half = save_compressed(model, tmp_path / "half.sqz", tensor_dtype="float16")
+    full = save_compressed(model, tmp_path / "full.sqz")
+    assert half.file_bytes < full.file_bytes and half.other_tensor_bytes < 0.6 * full.other_tensor_bytes
+    decoded = load_compressed(tmp_path / "half.sqz").state_dict()
+    for key, value in plain_state_dict(model).items():
+        expected = value if "weight" in key and key.rsplit(".", 1)[0] in shared_layers(model) or not value.is_floating_point() else value.half().float()
+        assert torch.equal(decoded[key], expected), key
+
+
+def test_parametrized_load_fine_tunes_further(tmp_path):
+    path = tmp_path / "m.sqz"
+    save_compressed(_compressed(), path)
+    model = load_compressed(path, parametrized=True)
+    layers = shared_layers(model)
+    assert layers and all(s.codebook.requires_grad for s in layers.values())
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+
+
+@pytest.mark.parametrize("density", [1.0, 0.9, 0.3, 0.02, 0.0])
+def test_position_coders_round_trip(density):
+    mask = np.random.default_rng(0).random(5000) < density
+    for coder in POSITION_CODERS:
+        stream = encode_positions(mask, coder)
+        decoded, _ = decode_positions(stream.coder, stream.table, stream.payload, stream.count, mask.size)
+        np.testing.assert_array_equal(decoded, mask)
+
+
+def test_damaged_files_give_one_line_errors(tmp_path):
+    path = tmp_path / "m.sqz"
+    save_compressed(_compressed(), path)
+    data = path.read_bytes()
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "corrupted": data[:200] + bytes([data[200] ^ 0x40]) + data[201:],
+        "foreign": b"\x89PNG\r\n\x1a\n" + bytes(100),
+        "empty": b"",
+    }
+    for name, content in cases.items():
+        damaged = tmp_path / f"{name}.sqz"
+        damaged.write_bytes(content)
+        with pytest.raises(CompressedFileError) as error:
+            load_compressed(damaged)
+        message = str(error.value)
+        assert str(damaged) in message and "\n" not in message, name
+    torch.save({"a": torch.ones(2)}, tmp_path / "torch.pt")
+    with pytest.raises(CompressedFileError, match="not a squeezelab compressed model"):
+        load_compressed(tmp_path / "torch.pt")
+    with pytest.raises(FileNotFoundError, match="missing.sqz"):
+        load_compressed(tmp_path / "missing.sqz")
+
+
+def test_saving_needs_shared_weights(tmp_path):
+    with pytest.raises(ValueError, match="quantize"):
+        save_compressed(tiny_model(), tmp_path / "m.sqz")
+    assert not (tmp_path / "m.sqz").exists()
