@@ -53,7 +53,8 @@ def test_bench_runs_every_backend_end_to_end(tmp_path):
     for row in result.rows:
         assert TIMING_COLUMNS <= set(row) and row["note"] in ("", "random weights")
         assert row["infer_img_size"] == "32x32" and row["param_count"] > 0 and row["infer_gmacs"] > 0
-        assert row["infer_samples_per_sec"] == pytest.approx(1e3 * row["infer_batch_size"] / row["infer_step_time"], rel=0.01)
+        expected = 1e3 * row["infer_batch_size"] / row["infer_step_time"]
+        assert row["infer_samples_per_sec"] == pytest.approx(expected, rel=0.01)
     assert {row["speedup_vs_onnx"] for row in result.rows if row["backend"] == "onnx"} == {1.0}
     assert result.environment["peak_gflops"] > 0
     paths = write_results(result, tmp_path / "out")

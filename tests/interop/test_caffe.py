@@ -102,7 +102,8 @@ def test_release_matches_its_prototxt():
 
 def test_release_gives_published_accuracy_on_imagenet_sample():
     torch.set_num_threads(2)
-    model = import_caffe_compressed(require(RELEASE), class_names=imagenet_class_names(require(SHARED_DATA / "imagenet_classes.tsv")))
+    names = imagenet_class_names(require(SHARED_DATA / "imagenet_classes.tsv"))
+    model = import_caffe_compressed(require(RELEASE), class_names=names)
     images = labelled_images(require(SHARED_DATA / "imagenet-sample"))
     scores = topk_accuracy(model, images, batch_size=50, progress=False)
     assert scores["images"] == 500

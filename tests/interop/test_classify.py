@@ -1,4 +1,5 @@
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ SAMPLE = SHARED_DATA / "imagenet-sample"
 def cifar_model(tmp_path):
     torch.manual_seed(0)
     model = create_model("squeezenet1_1_cifar", num_classes=3)
-    model.default_cfg = type(model.default_cfg).from_dict({**model.default_cfg.to_dict(), "class_names": ("ant", "bee", "cat")})
+    model.default_cfg = replace(model.default_cfg, class_names=("ant", "bee", "cat"))
     path = tmp_path / "model.pt"
     save_model(model, path)
     return path
@@ -29,7 +30,8 @@ def cifar_model(tmp_path):
 def test_classify_reports_bad_files_by_name_and_fails(tmp_path, cifar_model, capsys):
     images = write_images(tmp_path / "images", 3, size=32)
     (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    code = main(["classify", "--model", str(cifar_model), "--topk", "2", str(tmp_path / "images"), str(tmp_path / "missing.png")])
+    inputs = [str(tmp_path / "images"), str(tmp_path / "missing.png")]
+    code = main(["classify", "--model", str(cifar_model), "--topk", "2", *inputs])
     out, err = capsys.readouterr()
     assert code == 1
     assert "backend: onnxruntime fp32" in out
@@ -77,7 +79,8 @@ def test_classify_real_images_with_the_imported_release(tmp_path, capsys):
     for name in ("n01440764_tench.JPEG", "n09472597_volcano.JPEG"):
         shutil.copy(require(SAMPLE) / name, tmp_path / name)
     (tmp_path / "notes.jpg").write_text("not an image")
-    code = main(["classify", "--model", str(model), str(tmp_path / "n01440764_tench.JPEG"), str(tmp_path / "n09472597_volcano.JPEG"), str(tmp_path / "notes.jpg")])
+    inputs = [str(tmp_path / name) for name in ("n01440764_tench.JPEG", "n09472597_volcano.JPEG", "notes.jpg")]
+    code = main(["classify", "--model", str(model), *inputs])
     out, err = capsys.readouterr()
     assert code == 1 and "notes.jpg" in err
     lines = out.splitlines()

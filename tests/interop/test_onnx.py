@@ -12,7 +12,13 @@ from squeezelab.models import create_model, list_models
 # One of each family/feature: v1.0 at ImageNet size, v1.1 small-input, bypass, SqueezeNext, AlexNet baseline.
 # The bound is 1e-4 on the logits, unless float32 PyTorch itself is further than that from float64 (a
 # randomly initialised 23-block SqueezeNext is, by about 2e-4).
-REPRESENTATIVE = ["squeezenet1_0", "squeezenet1_1_cifar", "squeezenet1_1_complex_bypass", "sqnxt23_w1_cifar", "alexnet_cifar"]
+REPRESENTATIVE = [
+    "squeezenet1_0",
+    "squeezenet1_1_cifar",
+    "squeezenet1_1_complex_bypass",
+    "sqnxt23_w1_cifar",
+    "alexnet_cifar",
+]
 
 
 def with_data_statistics(model: torch.nn.Module) -> torch.nn.Module:

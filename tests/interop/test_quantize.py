@@ -48,7 +48,8 @@ def test_concat_inputs_and_output_share_one_scale(int8_model):
 
 def test_int8_logits_track_fp32(int8_model, tmp_path):
     model, fp32, int8 = int8_model
-    batch = torch.from_numpy(calibration_batch(write_images(tmp_path / "eval", 8, size=40, seed=5), model.default_cfg, 8, progress=False))
+    images = write_images(tmp_path / "eval", 8, size=40, seed=5)
+    batch = torch.from_numpy(calibration_batch(images, model.default_cfg, 8, progress=False))
     with torch.inference_mode():
         reference = model(batch).numpy()
     found = OnnxModel(int8)(batch).numpy()

@@ -55,7 +55,9 @@ def environment_line(environment: dict[str, Any]) -> str:
     )
 
 
-def write_results(result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench", title: str = "Benchmark") -> list[Path]:
+def write_results(
+    result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench", title: str = "Benchmark"
+) -> list[Path]:
     """Write ``<stem>.csv``, ``.json``, ``.md`` and ``.png`` into ``out_dir`` (atomically); returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,8 @@ def _plot(result: BenchResult, path: Path, title: str) -> None:
         backends = list(dict.fromkeys(r["backend"] for r in rows))
         width = 0.8 / max(1, len(backends))
         for k, backend in enumerate(backends):
-            values = [next((r["infer_samples_per_sec"] for r in rows if r["model"] == m and r["backend"] == backend), 0) for m in models]
+            speed = {r["model"]: r["infer_samples_per_sec"] for r in rows if r["backend"] == backend}
+            values = [speed.get(model, 0) for model in models]
             axis.bar([i + k * width for i in range(len(models))], values, width, label=backend)
         axis.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(models))])
         axis.set_xticklabels(models, rotation=20, ha="right", fontsize=8)

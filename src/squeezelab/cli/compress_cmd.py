@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(Han's |w| < 0.7 std rule) or deep-compression (the released SqueezeNet's densities); default: no pruning",
     )
     compress.add_argument("--bits", default="5", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
-    compress.add_argument("--init", choices=KMEANS_INITS, default="linear", help="k-means initialisation")
+    compress.add_argument("--init", choices=KMEANS_INITS, default="optimal", help="k-means: optimal (exact 1-D) or Han's linear init")
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
     compress.add_argument("--tensor-dtype", choices=("float32", "float16"), default="float32", help="biases, BN")

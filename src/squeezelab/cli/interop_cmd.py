@@ -49,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument("--arch", help="registered model name, needed for plain state_dict files")
     classify.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto, fastest)")
     classify.add_argument("--calibration", help="images to build the int8 backend from (cached next to the model)")
-    classify.add_argument(
-        "--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, help=f"images used (default {DEFAULT_CALIBRATION_COUNT})"
-    )
+    _add_calibration_count(classify)
     classify.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     classify.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
     classify.set_defaults(func=run_classify)
@@ -73,13 +71,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quantize.add_argument("--out", required=True, help="int8 ONNX file to write")
     quantize.add_argument("--arch", help="registered model name, needed for plain state_dict files")
     quantize.add_argument("--calibration", required=True, help="folder of unlabelled real images (any layout)")
-    quantize.add_argument(
-        "--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, help=f"images used (default {DEFAULT_CALIBRATION_COUNT})"
-    )
+    _add_calibration_count(quantize)
     quantize.add_argument("--eval-data", help="labelled images (class folders or a flat ImageNet sample) for top-1/top-5")
     quantize.add_argument("--eval-limit", type=int, help="evaluate at most this many images")
     quantize.add_argument("--threads", type=int, help="CPU threads for the timing (default: the runtime's)")
     quantize.set_defaults(func=run_quantize)
+
+
+def _add_calibration_count(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calibration-count",
+        type=int,
+        default=DEFAULT_CALIBRATION_COUNT,
+        help=f"calibration images used (default {DEFAULT_CALIBRATION_COUNT})",
+    )
 
 
 def run_import_caffe(args: argparse.Namespace) -> int:
@@ -154,7 +159,9 @@ def _report_int8(args: argparse.Namespace, model, backends: dict) -> None:
     batch = random_images(model.default_cfg, 1)
     timings = interleaved_timings({name: (lambda m=m: m(batch)) for name, m in backends.items()}, warmup=5, iters=50)
     baseline = timings["onnx fp32"].median
-    rows = [[name, f"{1e3 * t.median:.2f}", f"{1e3 * t.p90:.2f}", f"{baseline / t.median:.2f}x"] for name, t in timings.items()]
+    rows = [
+        [name, f"{1e3 * t.median:.2f}", f"{1e3 * t.p90:.2f}", f"{baseline / t.median:.2f}x"] for name, t in timings.items()
+    ]
     headers = ["backend", "batch-1 median ms", "p90 ms", "speed-up"]
     if args.eval_data:
         images = labelled_images(args.eval_data)

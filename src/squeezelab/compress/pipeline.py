@@ -55,7 +55,7 @@ def _metrics_text(metrics: dict | None) -> str:
 
 
 def compress_model(
-    model: nn.Module, density: DensitySpec | None = None, bits: int | Mapping[str, int] = 5, init: str = "linear"
+    model: nn.Module, density: DensitySpec | None = None, bits: int | Mapping[str, int] = 5, init: str = "optimal"
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Prune (if ``density``) and weight-share ``model`` in place; returns (densities, codebook sizes)."""
     densities = prune(model, density) if density is not None else {}
@@ -68,7 +68,7 @@ def compress_and_evaluate(
     *,
     density: DensitySpec | None = None,
     bits: int | Mapping[str, int] = 5,
-    init: str = "linear",
+    init: str = "optimal",
     data: DatasetSplits | None = None,
     finetune_epochs: int = 0,
     prune_steps: int = 1,

@@ -48,7 +48,7 @@ def weight_sharing(module: nn.Module) -> WeightSharing | None:
     return None
 
 
-def share_weights(module: nn.Module, bits: int, init: str = "linear") -> WeightSharing:
+def share_weights(module: nn.Module, bits: int, init: str = "optimal") -> WeightSharing:
     """Cluster the layer's surviving weights into at most ``2**bits`` shared values (k-means)."""
     if not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in 1..{MAX_BITS}, got {bits}")
@@ -71,7 +71,7 @@ def set_weight_sharing(
     return sharing
 
 
-def quantize(model: nn.Module, bits: int | Mapping[str, int], init: str = "linear") -> dict[str, int]:
+def quantize(model: nn.Module, bits: int | Mapping[str, int], init: str = "optimal") -> dict[str, int]:
     """Weight-share every layer ``bits`` covers (pruned weights stay zero); returns codebook sizes."""
     layers = prunable_layers(model)
     return {

@@ -70,7 +70,8 @@ def topk_accuracies(
     hits1 = dict.fromkeys(models, 0)
     hits5 = dict.fromkeys(models, 0)
     total = 0
-    batches = tqdm(DataLoader(data, batch_size=batch_size), desc="evaluating", unit="batch", disable=not progress, leave=False)
+    loader = DataLoader(data, batch_size=batch_size)
+    batches = tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False)
     for batch, labels in batches:
         for name, model in models.items():
             logits = model(batch)

@@ -95,7 +95,9 @@ def model_from_state_dict(
 ) -> nn.Module:
     """Build ``arch`` and load ``state_dict`` strictly; 1000-class models get the ImageNet class names."""
     if arch is None:
-        raise ValueError(f"{source}: a plain state_dict does not name its architecture; pass arch (--arch), e.g. squeezenet1_0")
+        raise ValueError(
+            f"{source}: a plain state_dict does not name its architecture; pass arch (--arch), e.g. squeezenet1_0"
+        )
     model = create_model(arch, num_classes=num_classes)
     mismatch = state_dict_mismatch(model.state_dict(), state_dict)
     if mismatch:

@@ -112,7 +112,8 @@ def _readable(files: Iterator[Path], in_chans: int, count: int) -> list[Image.Im
 def _mosaic(tiles: list[Image.Image], grid: int, tile: int) -> Image.Image:
     canvas = Image.new(tiles[0].mode, (grid * tile, grid * tile))
     for k, image in enumerate(tiles):
-        canvas.paste(image.resize((tile, tile)) if image.size != (tile, tile) else image, ((k % grid) * tile, (k // grid) * tile))
+        square = image.resize((tile, tile)) if image.size != (tile, tile) else image
+        canvas.paste(square, ((k % grid) * tile, (k // grid) * tile))
     return canvas
 
 
