@@ -19,14 +19,16 @@ def test_compress_decompress_sensitivity(tmp_path, model_file, capsys, monkeypat
     out = tmp_path / "tiny.sqz"
     code = main([
         "compress", str(model_file), "-o", str(out), "--density", "conv3x3=0.3,default=0.5", "--bits", "4",
-        "--dataset", "digits", "--limit", "300", "--finetune-epochs", "1", "--batch-size", "32",
+        "--keep-filters", "conv1x1=0.75", "--dataset", "digits", "--limit", "300", "--finetune-epochs", "1",
+        "--batch-size", "32",
         "--report", str(tmp_path / "report"), "--quiet",
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file()
     assert "compressed:" in printed and "test top-1" in printed and "ratio" in printed
     assert all((tmp_path / f"report{s}").is_file() for s in (".md", ".csv", ".json", ".png"))
-    load_compressed(out)
+    decoded = load_compressed(out)
+    assert decoded.model_spec["kwargs"]["fire_specs"]  # the structured-pruning channel plan travels in the file
 
     assert main(["decompress", str(out), "-o", str(tmp_path / "dense.pt")]) == 0
     assert load_model(tmp_path / "dense.pt").model_spec == load_compressed(out).model_spec

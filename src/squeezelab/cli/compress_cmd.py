@@ -11,6 +11,7 @@ from squeezelab.compress import (
     inspect_compressed,
     load_compressed,
     parse_bits_spec,
+    parse_per_layer,
     parse_density_spec,
 )
 from squeezelab.compress.coding import SYMBOL_ENCODERS
@@ -48,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--density",
         help="fraction of weights kept: 0.3 (global threshold), conv3x3=0.33,classifier=0.2, std:0.7 "
         "(Han's |w| < 0.7 std rule) or deep-compression (the released SqueezeNet's densities); default: no pruning",
+    )
+    compress.add_argument(
+        "--keep-filters", help="structured pruning first (SqueezeNet family): fraction of filters kept, 0.75 or conv1x1=0.5,..."
     )
     compress.add_argument("--bits", default="5", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
     compress.add_argument("--init", choices=KMEANS_INITS, default="optimal", help="k-means: optimal (exact 1-D) or Han's linear init")
@@ -133,6 +137,7 @@ def run_compress(args: argparse.Namespace) -> int:
         density=parse_density_spec(args.density) if args.density else None,
         bits=parse_bits_spec(args.bits),
         init=args.init,
+        keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
         data=data,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,

@@ -128,9 +128,11 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def _load_for_export(ref: str, arch: str | None):
-    if not Path(ref).is_file() and ref in list_models():
+    if Path(ref).is_file():
+        return load_any_model(ref, arch=arch)
+    if ref in list_models():
         return create_model(ref).eval()
-    return load_any_model(ref, arch=arch)
+    raise ValueError(f"{ref}: neither a model file nor a registered model name (see 'squeezelab models')")
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -1,6 +1,16 @@
-"""Deep Compression: pruning, trained quantization (weight sharing), entropy coding, ``.sqz`` files."""
+"""Deep Compression: pruning, trained quantization (weight sharing), entropy coding, ``.sqz`` files.
 
+See docs/compression.md. The pieces, in pipeline order: :func:`prune` / :func:`prune_filters`,
+:func:`quantize`, fine-tuning with ``squeezelab.train.fit`` (or :func:`distill`), :func:`save_compressed`
+and :func:`load_compressed`; :func:`sweep` / :func:`allocate` for sensitivity-based budgets;
+:func:`compress_and_evaluate` runs it all; :func:`dense_sparse_dense` is DSD training.
+"""
+
+from .dsd import DSDResult, dense_sparse_dense
+from .finetune import distill, finetune, finetune_config
+from .kmeans import kmeans_1d, kmeans_1d_many
 from .layers import layer_kinds, parse_per_layer, prunable_layers, resolve_per_layer
+from .pipeline import CompressionOutcome, compress_and_evaluate, quickstart_compress
 from .pruning import (
     DEEP_COMPRESSION_DENSITIES,
     PruningMask,
@@ -9,37 +19,61 @@ from .pruning import (
     densities,
     iterative_prune,
     parse_density_spec,
+    plain_copy,
+    plain_state_dict,
     prune,
     resolve_densities,
+    save_plain_model,
     strip,
 )
 from .report import LayerSize, SizeReport
+from .sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, sweep
 from .sharing import WeightSharing, parse_bits_spec, quantize, shared_layers
 from .sqz import CompressedFileError, inspect_compressed, load_compressed, save_compressed
+from .structured import prune_filters
 
 __all__ = [
     "DEEP_COMPRESSION_DENSITIES",
     "CompressedFileError",
+    "CompressionOutcome",
+    "DSDResult",
     "LayerSize",
     "PruningMask",
+    "Sensitivity",
     "SizeReport",
     "StdThreshold",
     "WeightSharing",
+    "accuracy_scorer",
+    "allocate",
     "bake",
+    "compress_and_evaluate",
+    "dense_sparse_dense",
     "densities",
+    "distill",
+    "distillation_scorer",
+    "finetune",
+    "finetune_config",
     "inspect_compressed",
     "iterative_prune",
+    "kmeans_1d",
+    "kmeans_1d_many",
     "layer_kinds",
     "load_compressed",
     "parse_bits_spec",
     "parse_density_spec",
     "parse_per_layer",
+    "plain_copy",
+    "plain_state_dict",
     "prunable_layers",
     "prune",
+    "prune_filters",
     "quantize",
+    "quickstart_compress",
     "resolve_densities",
     "resolve_per_layer",
     "save_compressed",
+    "save_plain_model",
     "shared_layers",
     "strip",
+    "sweep",
 ]

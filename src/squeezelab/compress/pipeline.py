@@ -12,21 +12,26 @@ import torch.nn as nn
 
 from squeezelab.data import DatasetSplits, build_loaders
 from squeezelab.models.profile import MB
-from squeezelab.train import TrainConfig, evaluate
+from squeezelab.train import QUICKSTART_CONFIG, TrainConfig, build_run_data, evaluate
 
 from .finetune import finetune, finetune_config
-from .pruning import DensitySpec, iterative_prune, prune
+from .pruning import DensitySpec, iterative_prune
 from .report import SizeReport
 from .sharing import quantize
 from .sqz import load_compressed, save_compressed
+from .structured import prune_filters
 
 EVAL_BATCH = 256
 
 
 @dataclass
 class CompressionOutcome:
-    """The file written, its size report, and test metrics of the dense and of the decoded model."""
+    """The file written, its size report, and test metrics of the dense and of the decoded model.
 
+    ``model`` is the compressed model (a new, smaller one when filters were pruned).
+    """
+
+    model: nn.Module
     path: Path
     report: SizeReport
     densities: dict[str, float]
@@ -54,14 +59,6 @@ def _metrics_text(metrics: dict | None) -> str:
     return f" | test top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  ({metrics['images']:,} images)"
 
 
-def compress_model(
-    model: nn.Module, density: DensitySpec | None = None, bits: int | Mapping[str, int] = 5, init: str = "optimal"
-) -> tuple[dict[str, float], dict[str, int]]:
-    """Prune (if ``density``) and weight-share ``model`` in place; returns (densities, codebook sizes)."""
-    densities = prune(model, density) if density is not None else {}
-    return densities, quantize(model, bits, init)
-
-
 def compress_and_evaluate(
     model: nn.Module,
     path: str | os.PathLike,
@@ -69,6 +66,7 @@ def compress_and_evaluate(
     density: DensitySpec | None = None,
     bits: int | Mapping[str, int] = 5,
     init: str = "optimal",
+    keep_filters: float | Mapping[str, float] | None = None,
     data: DatasetSplits | None = None,
     finetune_epochs: int = 0,
     prune_steps: int = 1,
@@ -82,7 +80,8 @@ def compress_and_evaluate(
 ) -> CompressionOutcome:
     """Compress ``model`` (in place) into ``path``, fine-tuning on ``data`` if ``finetune_epochs`` > 0.
 
-    With ``prune_steps`` > 1 pruning is iterative (each step followed by ``finetune_epochs`` of
+    ``keep_filters`` first removes whole filters (:func:`.structured.prune_filters`, then fine-tuning);
+    with ``prune_steps`` > 1 pruning is iterative (each step followed by ``finetune_epochs`` of
     fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more. With
     ``data``, the dense model and the model decoded from the written file are evaluated on its test split.
     """
@@ -101,6 +100,9 @@ def compress_and_evaluate(
             result = finetune(model, data, config, runs / stage if runs else None, progress=progress, log=log)
             results.append(result.test)
 
+    if keep_filters is not None:
+        model = prune_filters(model, keep_filters)
+        tune("filters")
     densities: dict[str, float] = {}
     if density is not None:
         densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"))
@@ -109,7 +111,7 @@ def compress_and_evaluate(
     report = save_compressed(model, path, index_coder, position_coder, tensor_dtype)
     decoded = load_compressed(path)
     compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
-    return CompressionOutcome(Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
+    return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
 
 
 # The digits quickstart model: prune to a third, 4-bit shared weights, one fine-tuning epoch per stage.
@@ -122,8 +124,6 @@ def quickstart_compress(
     model: nn.Module, out_dir: str | os.PathLike, *, progress: bool = True, log: Callable[[str], None] | None = print
 ) -> CompressionOutcome:
     """Compress the quickstart's trained digits model to ``out_dir/model.sqz`` and evaluate both."""
-    from squeezelab.train import QUICKSTART_CONFIG, build_run_data
-
     data = build_run_data(QUICKSTART_CONFIG, progress)
     out_dir = Path(out_dir)
     outcome = compress_and_evaluate(

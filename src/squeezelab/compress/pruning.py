@@ -192,12 +192,12 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_plain_model(model: nn.Module, path: str | os.PathLike, **extra: object) -> None:
+def save_plain_model(model: nn.Module, path: str | os.PathLike) -> None:
     """Write a model file (``squeezelab.models.files`` format) of the model's current, plain weights:
     loadable by ``load_model`` into the unparametrized architecture."""
     record = model_record(model)
     record["state_dict"] = {key: value.detach().cpu() for key, value in plain_state_dict(model).items()}
-    atomic_torch_save({**record, **extra}, path)
+    atomic_torch_save(record, path)
 
 
 def strip_module(module: nn.Module) -> None:

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from squeezelab.models.profile import MB, MIB
@@ -55,7 +55,6 @@ class SizeReport:
     metadata_bytes: int
     file_bytes: int
     dense_fp32_bytes: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:

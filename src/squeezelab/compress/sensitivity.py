@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from squeezelab.train import evaluate
 from squeezelab.utils.files import atomic_write_text
 
 from .layers import prunable_layers
@@ -39,7 +40,6 @@ DEFAULT_BITS = (8, 7, 6, 5, 4, 3, 2)
 
 def accuracy_scorer(loader: Iterable, device: torch.device | str | None = None) -> Scorer:
     """Top-1 / top-5 accuracy (%) and cross-entropy loss on a labelled loader (``squeezelab.train.evaluate``)."""
-    from squeezelab.train import evaluate
 
     def score(model: nn.Module) -> dict[str, float]:
         result = evaluate(model, loader, device)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .kmeans import kmeans_1d
+from .kmeans import kmeans_1d_many
 from .layers import parse_per_layer, prunable_layers, resolve_per_layer
 from .pruning import bake_module, current_mask
 
@@ -50,14 +49,22 @@ def weight_sharing(module: nn.Module) -> WeightSharing | None:
 
 def share_weights(module: nn.Module, bits: int, init: str = "optimal") -> WeightSharing:
     """Cluster the layer's surviving weights into at most ``2**bits`` shared values (k-means)."""
-    if not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be in 1..{MAX_BITS}, got {bits}")
-    mask = current_mask(module)
-    weight = module.weight.detach()
-    codebook, labels = kmeans_1d(weight[mask].cpu().numpy(), 1 << bits, init=init)
-    indices = torch.zeros(weight.shape, dtype=torch.long)
-    indices[mask.cpu()] = torch.from_numpy(labels)
-    return set_weight_sharing(module, torch.from_numpy(codebook), indices, mask)
+    return _share_all([module], [bits], init)[0]
+
+
+def _share_all(modules: list[nn.Module], bits: list[int], init: str) -> list[WeightSharing]:
+    for value in bits:
+        if not 1 <= value <= MAX_BITS:
+            raise ValueError(f"bits must be in 1..{MAX_BITS}, got {value}")
+    masks = [current_mask(module) for module in modules]
+    kept = [module.weight.detach()[mask].cpu().numpy() for module, mask in zip(modules, masks)]
+    clusterings = kmeans_1d_many(kept, [1 << value for value in bits], init=init)
+    shared = []
+    for module, mask, (codebook, labels) in zip(modules, masks, clusterings):
+        indices = torch.zeros(mask.shape, dtype=torch.long)
+        indices[mask.cpu()] = torch.from_numpy(labels)
+        shared.append(set_weight_sharing(module, torch.from_numpy(codebook), indices, mask))
+    return shared
 
 
 def set_weight_sharing(
@@ -72,12 +79,14 @@ def set_weight_sharing(
 
 
 def quantize(model: nn.Module, bits: int | Mapping[str, int], init: str = "optimal") -> dict[str, int]:
-    """Weight-share every layer ``bits`` covers (pruned weights stay zero); returns codebook sizes."""
+    """Weight-share every layer ``bits`` covers (pruned weights stay zero); returns codebook sizes.
+
+    All layers are clustered together (see :func:`.kmeans.kmeans_1d_many`), which is faster than one by one.
+    """
     layers = prunable_layers(model)
-    return {
-        name: len(share_weights(layers[name], layer_bits, init).codebook)
-        for name, layer_bits in resolve_per_layer(model, bits, "bits").items()
-    }
+    plan = resolve_per_layer(model, bits, "bits")
+    shared = _share_all([layers[name] for name in plan], list(plan.values()), init)
+    return {name: len(sharing.codebook) for name, sharing in zip(plan, shared)}
 
 
 def index_bits(codebook_size: int) -> int:
@@ -88,7 +97,3 @@ def index_bits(codebook_size: int) -> int:
 def shared_layers(model: nn.Module) -> dict[str, WeightSharing]:
     found = {name: weight_sharing(m) for name, m in prunable_layers(model).items()}
     return {name: sharing for name, sharing in found.items() if sharing is not None}
-
-
-def codebook_as_numpy(sharing: WeightSharing) -> np.ndarray:
-    return sharing.codebook.detach().cpu().float().numpy()

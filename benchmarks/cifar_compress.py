@@ -1,0 +1,100 @@
+"""Compress a trained CIFAR-10 SqueezeNet with Deep Compression and fine-tuning; target >= 30x smaller
+than its fp32 model file with at most 0.5 point of test accuracy lost.
+
+Pipeline (``squeezelab.compress.compress_and_evaluate``): iterative magnitude pruning to ``--density``
+in ``--prune-steps`` steps, each followed by ``--finetune-epochs`` of ``squeezelab.train.fit`` with the
+masks enforced; weight sharing with ``--bits`` (exact 1-D k-means) and the same fine-tuning of the
+shared centroids; entropy coding to a .sqz file; the decoded file is evaluated on the CIFAR-10 test
+split (JPEG copy) and compared with the dense model. The baseline is the dense fp32 model file
+(``squeezelab.models.files.save_model``) of the same model, written in the same run.
+
+    python benchmarks/cifar_compress.py runs/<best cifar run>/best.pt --out benchmarks/results/cifar_compress
+    python benchmarks/cifar_compress.py --quick-train 3 --limit 10000   # pipeline check on a quickly trained model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from squeezelab.compress import parse_bits_spec, parse_density_spec
+from squeezelab.compress.finetune import finetune_config
+from squeezelab.compress.pipeline import compress_and_evaluate
+from squeezelab.data import build_datasets, dataset_options_from_config
+from squeezelab.models import create_model
+from squeezelab.models.files import save_model
+from squeezelab.train import TrainConfig, fit, load_trained_model
+from squeezelab.utils.files import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TARGET_RATIO = 30.0
+MAX_DROP = 0.5
+
+
+def quickly_trained(epochs: int, data: Path, limit: int | None, model_name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    splits = build_datasets("cifar10", data, limit=limit)
+    config = TrainConfig(epochs=epochs, batch_size=128, lr=0.05, schedule="onecycle", device="cpu", amp="off")
+    fit(model, config, splits, log=print)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", nargs="?", type=Path, help="trained CIFAR-10 model file or checkpoint")
+    parser.add_argument("--quick-train", type=int, metavar="EPOCHS", help="no checkpoint: train a model this many epochs first")
+    parser.add_argument("--quick-model", default="squeezenet1_1_cifar")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--limit", type=int, help="use at most N training and N test images (quick checks)")
+    parser.add_argument("--density", default="conv3x3=0.1,conv1x1=0.15,stem=0.5,classifier=0.3")
+    parser.add_argument("--bits", default="stem=6,default=4")
+    parser.add_argument("--prune-steps", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if (args.checkpoint is None) == (args.quick_train is None):
+        parser.error("give a checkpoint or --quick-train EPOCHS")
+    model = load_trained_model(args.checkpoint) if args.checkpoint else quickly_trained(args.quick_train, args.data, args.limit, args.quick_model)
+    dense_file = Path(tempfile.mkdtemp()) / "dense.pt"
+    save_model(model, dense_file)
+    splits = build_datasets("cifar10", args.data, limit=args.limit, **dataset_options_from_config(model.default_cfg))
+    outcome = compress_and_evaluate(
+        model,
+        args.out / "model.sqz",
+        density=parse_density_spec(args.density),
+        bits=parse_bits_spec(args.bits),
+        data=splits,
+        finetune_epochs=args.finetune_epochs,
+        prune_steps=args.prune_steps,
+        train_config=finetune_config(args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp="off"),
+        run_dir=args.out / "runs",
+    )
+    dense_bytes = dense_file.stat().st_size
+    ratio = dense_bytes / outcome.report.file_bytes
+    drop = outcome.dense_metrics["top1"] - outcome.compressed_metrics["top1"]
+    lines = [
+        f"model: {model.model_spec['name']} {json.dumps(model.model_spec['kwargs'])}",
+        f"recipe: density {args.density}; bits {args.bits}; {args.prune_steps} prune steps; "
+        f"{args.finetune_epochs} fine-tuning epochs per stage at lr {args.lr}",
+        f"dense fp32 model file: {dense_bytes:,} bytes; test top-1 {outcome.dense_metrics['top1']:.2f}% "
+        f"({outcome.dense_metrics['images']:,} CIFAR-10 test images, JPEG copy)",
+        f"compressed .sqz file:  {outcome.report.file_bytes:,} bytes; test top-1 {outcome.compressed_metrics['top1']:.2f}%",
+        f"ratio {ratio:.1f}x (target >= {TARGET_RATIO:g}x): {'PASS' if ratio >= TARGET_RATIO else 'FAIL'}; "
+        f"accuracy drop {drop:+.2f} points (target <= {MAX_DROP}): {'PASS' if drop <= MAX_DROP else 'FAIL'}",
+    ]
+    atomic_write_text(args.out / "results.md", "\n\n".join(lines) + "\n\n" + outcome.report.to_markdown())
+    outcome.report.write(args.out / "size_report")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
