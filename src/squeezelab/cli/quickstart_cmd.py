@@ -23,6 +23,6 @@ def run_quickstart(args: argparse.Namespace) -> int:
     result = quickstart(args.out, epochs=args.epochs, progress=not args.quiet)
     print(f"test top-1 {result.test['top1']:.2f}% on {result.test['images']} digits images")
     print(f"run directory (config, metrics.csv, curves.png, checkpoints, results.json, confusion matrix): {result.run_dir}")
-    print("Deep Compression of the trained model (prune + fine-tune, 4-bit shared weights + fine-tune, entropy coding):")
+    print("Deep Compression of the trained model (pruning, 4-bit shared weights, fine-tuning, entropy coding):")
     print(quickstart_compress(result.model, result.run_dir, progress=not args.quiet, log=None).summary())
     return 0

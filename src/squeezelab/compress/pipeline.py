@@ -114,10 +114,14 @@ def compress_and_evaluate(
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
 
 
-# The digits quickstart model: prune to a third, 4-bit shared weights, one fine-tuning epoch per stage.
-QUICKSTART_DENSITY = 0.33
+# The digits quickstart model (measured in docs/compression.md: about 14x smaller, no accuracy lost, ~20 s
+# on 2 cores): two pruning steps to a fifth of the weights (half of the stem's), 4-bit shared weights, four
+# fine-tuning epochs after each stage with the quickstart's own optimiser at its peak learning rate, and
+# batch-norm statistics / biases as float16 (in so small a model they would otherwise be a third of the file).
+QUICKSTART_DENSITY = {"stem": 0.5, "default": 0.2}
 QUICKSTART_BITS = 4
-QUICKSTART_FINETUNE_EPOCHS = 1
+QUICKSTART_PRUNE_STEPS = 2
+QUICKSTART_FINETUNE_EPOCHS = 4
 
 
 def quickstart_compress(
@@ -133,8 +137,10 @@ def quickstart_compress(
         bits=QUICKSTART_BITS,
         data=data,
         finetune_epochs=QUICKSTART_FINETUNE_EPOCHS,
-        train_config=QUICKSTART_CONFIG.updated(lr=0.005, schedule="cosine"),
+        prune_steps=QUICKSTART_PRUNE_STEPS,
+        train_config=QUICKSTART_CONFIG.updated(schedule="cosine"),
         run_dir=out_dir / "compress",
+        tensor_dtype="float16",
         progress=progress,
         log=log,
     )
