@@ -39,7 +39,7 @@ MAX_DROP = 0.5
 def quickly_trained(epochs: int, data: Path, limit: int | None, model_name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = create_model(model_name)
-    splits = build_datasets("cifar10", data, limit=limit)
+    splits = build_datasets("cifar10", data, limit=limit, progress=False)
     config = TrainConfig(epochs=epochs, batch_size=128, lr=0.05, schedule="onecycle", device="cpu", amp="off")
     fit(model, config, splits, log=print)
     return model
@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", type=Path, help="trained CIFAR-10 model file or checkpoint")
     parser.add_argument("--quick-train", type=int, metavar="EPOCHS", help="no checkpoint: train a model this many epochs first")
-    parser.add_argument("--quick-model", default="squeezenet1_1_cifar")
+    parser.add_argument("--quick-model", default="squeezenet_tiny_cifar")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, help="use at most N training and N test images (quick checks)")
     parser.add_argument("--density", default="conv3x3=0.1,conv1x1=0.15,stem=0.5,classifier=0.3")
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--tensor-dtype", choices=("float32", "float16"), default="float16", help="biases, batch norm")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -66,7 +67,7 @@ def main() -> None:
     model = load_trained_model(args.checkpoint) if args.checkpoint else quickly_trained(args.quick_train, args.data, args.limit, args.quick_model)
     dense_file = Path(tempfile.mkdtemp()) / "dense.pt"
     save_model(model, dense_file)
-    splits = build_datasets("cifar10", args.data, limit=args.limit, **dataset_options_from_config(model.default_cfg))
+    splits = build_datasets("cifar10", args.data, limit=args.limit, progress=False, **dataset_options_from_config(model.default_cfg))
     outcome = compress_and_evaluate(
         model,
         args.out / "model.sqz",
@@ -77,6 +78,7 @@ def main() -> None:
         prune_steps=args.prune_steps,
         train_config=finetune_config(args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp="off"),
         run_dir=args.out / "runs",
+        tensor_dtype=args.tensor_dtype,
     )
     dense_bytes = dense_file.stat().st_size
     ratio = dense_bytes / outcome.report.file_bytes

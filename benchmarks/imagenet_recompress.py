@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import random
 import tempfile
@@ -69,15 +70,11 @@ def read_rows(path: Path) -> dict[str, dict]:
 
 
 def write_rows(path: Path, rows: dict[str, dict]) -> None:
-    lines = [",".join(COLUMNS)]
-    for row in rows.values():
-        lines.append(",".join(_csv_cell(row.get(c, "")) for c in COLUMNS))
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _csv_cell(value) -> str:
-    text = str(value)
-    return f'"{text}"' if "," in text else text
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows.values())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def main() -> None:
@@ -129,9 +126,10 @@ def main() -> None:
         recipes[f"KL budget {budget:g}"] = ({name: int(v) for name, v in allocated.items()}, "optimal")
     distill_images = calibration_images(args.data, cfg, args.distill_images, seed=1) if args.distill_steps else None
     for name, (bits, init) in recipes.items():
-        for suffix, steps in (("", 0), (f" + distill {args.distill_steps}", args.distill_steps)):
+        variants = [("", 0)] + ([(f" + distill {args.distill_steps}", args.distill_steps)] if distill_images is not None else [])
+        for suffix, steps in variants:
             recipe = name + suffix
-            if recipe in rows or (steps and (distill_images is None or init != "optimal")):
+            if recipe in rows or (steps and init != "optimal"):
                 continue
             model = import_caffe_compressed(args.release)
             quantize(model, bits, init=init)
