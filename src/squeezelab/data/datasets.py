@@ -142,6 +142,7 @@ def build_datasets(
     channel_order: str = "RGB",
     pixel_scale: float = 1.0,
     resize_size: int | None = None,
+    antialias: bool = True,
     in_memory: bool | None = None,
     test_fraction: float = 0.2,
     cache: bool = True,
@@ -162,6 +163,7 @@ def build_datasets(
         mean, std: normalisation (default: per-channel statistics of the training pool for in-memory data,
             ImageNet's otherwise); ``channel_order``/``pixel_scale`` as in :class:`ModelConfig` (Caffe models).
         resize_size: evaluation resize of the shorter side for file-backed data (default: size / 0.875).
+        antialias: low-pass filter when the evaluation resize shrinks (False reproduces Caffe/OpenCV models).
         in_memory: decode everything once into memory (default: when the input side is <= 64 px).
         test_fraction: test part of data sets that have no test split (digits, a single image folder).
         cache: keep decoded image folders in the user cache (``$SQUEEZELAB_CACHE`` or ~/.cache/squeezelab).
@@ -186,7 +188,7 @@ def build_datasets(
     elif in_memory is None or source.files_only:
         in_memory = max(size) <= IN_MEMORY_MAX_SIDE and not source.files_only
     resize = resize_size or int(round(max(size) / 0.875))
-    splits = _memory_splits(pools, request, val_fraction, seed) if in_memory else _file_splits(pools, request, val_fraction, seed, augment, resize)
+    splits = _memory_splits(pools, request, val_fraction, seed) if in_memory else _file_splits(pools, request, val_fraction, seed, augment, resize, antialias)
     train, val, test, pool_images = splits
     if mean is None or std is None:
         stats = channel_stats(pool_images) if pool_images is not None else _imagenet_stats(chans)
@@ -227,6 +229,7 @@ def dataset_options_from_config(cfg: ModelConfig) -> dict:
         "channel_order": cfg.channel_order,
         "pixel_scale": cfg.pixel_scale,
         "resize_size": cfg.resize_size,
+        "antialias": cfg.antialias,
     }
 
 
@@ -300,9 +303,11 @@ def _decoded(images: ImageList, request: _Request, split: str) -> torch.Tensor:
     return cached(key, build, enabled=request.cache)["images"]
 
 
-def _file_splits(pools: _Pools, request: _Request, val_fraction: float, seed: int, augment: bool, resize: int):
+def _file_splits(
+    pools: _Pools, request: _Request, val_fraction: float, seed: int, augment: bool, resize: int, antialias: bool
+):
     interpolation = InterpolationMode.BILINEAR
-    eval_tf = file_transform(False, request.size, resize, interpolation)
+    eval_tf = file_transform(False, request.size, resize, interpolation, antialias)
     train_tf = file_transform(True, request.size, resize, interpolation) if augment else eval_tf
 
     def files(images: ImageList, transform) -> FileImages:

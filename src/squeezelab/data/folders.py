@@ -180,11 +180,14 @@ class FileImages(Dataset):
 
 
 def file_transform(
-    train: bool, size: tuple[int, int], resize_size: int, interpolation: InterpolationMode
+    train: bool, size: tuple[int, int], resize_size: int, interpolation: InterpolationMode, antialias: bool = True
 ) -> T.Compose:
-    """PIL -> uint8 tensor: ImageNet-style RandomResizedCrop + flip for training, resize + centre crop otherwise."""
+    """PIL -> uint8 tensor: ImageNet-style RandomResizedCrop + flip for training, resize + centre crop otherwise.
+
+    ``antialias=False`` resizes the uint8 tensor without a low-pass filter (PIL always filters), as the
+    OpenCV resize of Caffe-trained models did.
+    """
     if train:
-        steps = [T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip()]
-    else:
-        steps = resize_crop_steps(size, resize_size, interpolation)
-    return T.Compose([*steps, T.PILToTensor()])
+        return T.Compose([T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip(), T.PILToTensor()])
+    steps = resize_crop_steps(size, resize_size, interpolation, antialias)
+    return T.Compose([*steps, T.PILToTensor()] if antialias else [T.PILToTensor(), *steps])

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from squeezelab.train import TrainConfig
+from squeezelab.utils.files import read_mapping
 
 SEARCHES = ("grid", "random")
 MODEL_KWARGS_PREFIX = "model_kwargs."
@@ -94,7 +93,7 @@ class StudySpec:
     @classmethod
     def load(cls, path: str | Path) -> "StudySpec":
         path = Path(path)
-        data = _read_mapping(path)
+        data = read_mapping(path, "study settings")
         base: dict[str, Any] = {}
         if data.get("base"):
             base_path = (path.parent / data["base"]).resolve()
@@ -121,20 +120,6 @@ def point_key(params: dict[str, Any]) -> str:
     """A short stable name for a trial's settings, used as its run directory (resume finds it again)."""
     text = json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read study file ({exc.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a study file must be a mapping")
-    return data
 
 
 def _axis(name: str, values: Any, path: Path) -> list[Any] | Range:
