@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=128, help="unlabelled images for sensitivity / KL")
     parser.add_argument("--budgets", default="0.005,0.01,0.02,0.04,0.08,0.16,0.32", help="summed-KL budgets")
     parser.add_argument("--uniform-bits", default="8,7,6,5,4", help="reference files with one bit width everywhere")
-    parser.add_argument("--linear-bits", default="8,7,6", help="the same with Han et al.'s linear-init k-means")
+    parser.add_argument("--linear-bits", default="8,7,6,5,4", help="the same with Han et al.'s linear-init k-means")
     parser.add_argument("--distill-steps", type=int, default=0, help="centroid fine-tuning steps by distillation")
     parser.add_argument("--distill-images", type=int, default=1024)
     parser.add_argument("--files", type=Path, help="keep the .sqz files here (default: a temporary folder)")

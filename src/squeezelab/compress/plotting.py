@@ -38,8 +38,9 @@ def line_plot(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str = ""
 ):
     figure, axis = plt.subplots(figsize=(8, 5))
-    for label, (xs, ys) in curves.items():
-        axis.plot(xs, ys, marker="o", markersize=3, label=label)
+    styles = ("-", "--", ":", "-.")  # the colour cycle repeats after 10 curves; the line style tells them apart
+    for index, (label, (xs, ys)) in enumerate(curves.items()):
+        axis.plot(xs, ys, marker="o", markersize=3, linestyle=styles[index // 10 % len(styles)], label=label)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title, fontsize=9)

@@ -149,6 +149,8 @@ class Sensitivity:
         figure = line_plot(self.curves(metric), self.kind, metric, f"sensitivity: each layer alone, baseline {metric} = {self.baseline[metric]:.4g}")
         if self.kind == "density":
             figure.axes[0].invert_xaxis()
+        if not HIGHER_IS_BETTER.get(metric, True):
+            figure.axes[0].set_yscale("symlog", linthresh=1e-3)  # divergences span several decades
         save_figure(figure, path)
 
     def write(self, stem: str | os.PathLike, metric: str | None = None) -> list[Path]:
