@@ -27,3 +27,12 @@ def shared_data() -> Path:
 @pytest.fixture
 def shared_models() -> Path:
     return require(SHARED_MODELS)
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run faster on one thread (no OpenMP hand-offs per small op), on a busy machine by far."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,12 +9,8 @@ TINY_KWARGS = {"layout": "v1_1_small", "base_e": 16, "incr_e": 16, "num_classes"
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run faster on one thread, on a busy machine by far."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_on_one_thread(single_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,12 @@
 import pytest
-import torch
 
 from squeezelab.train import TrainConfig
 from tests.data.conftest import private_cache  # noqa: F401  (the same per-test cache folder)
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models train faster on one thread (no OpenMP hand-offs per small op), on a busy machine by far."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_on_one_thread(single_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
