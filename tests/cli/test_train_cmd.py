@@ -7,7 +7,7 @@ import sys
 from squeezelab.cli.main import main
 from squeezelab.train import load_checkpoint
 from tests.conftest import REPO
-from tests.train.conftest import private_cache, single_thread, tiny_config  # noqa: F401  (fixtures)
+from tests.train.conftest import _tiny_models_on_one_thread, private_cache, tiny_config  # noqa: F401  (fixtures)
 
 
 def test_train_then_eval_from_the_command_line(tiny_config, tmp_path, capsys):

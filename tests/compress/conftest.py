@@ -15,10 +15,10 @@ def _tiny_models_on_one_thread(single_thread):
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
-    """300 real 8x8 digits (the embedded data set) split train / val / test, decoded once per session."""
+    """The 1,797 real 8x8 digits (the embedded data set) split train / val / test, decoded once per session."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SQUEEZELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return build_datasets("digits", in_chans=1, input_size=8, limit=300, progress=False, seed=3)
+        return build_datasets("digits", in_chans=1, input_size=8, progress=False, seed=3)
 
 
 def tiny_model(seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -29,17 +29,19 @@ def tiny_model(seed: int = 0, **kwargs) -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def trained_state(digits):
-    """The tiny model after 3 epochs on the digits (a trained model to compress): weights and config."""
+    """The tiny model with batch norm after 8 epochs on the digits (about 45% test accuracy, 10 classes):
+    a trained model to compress. Weights and config."""
     from squeezelab.train import fit
 
-    model = tiny_model()
-    config = TrainConfig(epochs=3, batch_size=32, lr=0.05, device="cpu", amp="off", seed=7)
-    fit(model, config, digits, progress=False, log=None)
+    model = tiny_model(batch_norm="all")
+    config = TrainConfig(epochs=8, batch_size=32, lr=0.05, schedule="onecycle", device="cpu", amp="off", seed=7)
+    result = fit(model, config, digits, progress=False, log=None)
+    assert result.test["top1"] > 30.0  # well above chance: the model really learned something
     return {"state_dict": model.state_dict(), "default_cfg": model.default_cfg}
 
 
 def trained_tiny(trained) -> torch.nn.Module:
-    model = tiny_model()
+    model = tiny_model(batch_norm="all")
     model.load_state_dict(trained["state_dict"])
     model.default_cfg = trained["default_cfg"]
     return model
