@@ -37,10 +37,12 @@ MAX_DROP = 0.5
 
 
 def quickly_trained(epochs: int, data: Path, limit: int | None, model_name: str) -> torch.nn.Module:
+    """A small model with batch norm, trained with the quickstart's optimiser (AdamW, one-cycle)."""
     torch.manual_seed(0)
-    model = create_model(model_name)
+    model = create_model(model_name, batch_norm="all")
     splits = build_datasets("cifar10", data, limit=limit, progress=False)
-    config = TrainConfig(epochs=epochs, batch_size=128, lr=0.05, schedule="onecycle", device="cpu", amp="off")
+    config = TrainConfig(epochs=epochs, batch_size=128, optimizer="adamw", lr=0.003, weight_decay=0.05,
+                         schedule="onecycle", device="cpu", amp="off")
     fit(model, config, splits, log=print)
     return model
 
@@ -52,8 +54,8 @@ def main() -> None:
     parser.add_argument("--quick-model", default="squeezenet_tiny_cifar")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, help="use at most N training and N test images (quick checks)")
-    parser.add_argument("--density", default="conv3x3=0.1,conv1x1=0.15,stem=0.5,classifier=0.3")
-    parser.add_argument("--bits", default="stem=6,default=4")
+    parser.add_argument("--density", default="conv3x3=0.08,conv1x1=0.12,stem=0.5,classifier=0.3")
+    parser.add_argument("--bits", default="stem=6,conv3x3=3,default=4")
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.01)

@@ -113,3 +113,22 @@ def test_saving_needs_shared_weights(tmp_path):
     with pytest.raises(ValueError, match="quantize"):
         save_compressed(tiny_model(), tmp_path / "m.sqz")
     assert not (tmp_path / "m.sqz").exists()
+
+
+def test_well_formed_file_that_does_not_fit_its_model(tmp_path):
+    """A file whose checksum is right but whose spec builds a different model is refused before decoding."""
+    import json
+    import struct
+    import zlib
+
+    path = tmp_path / "m.sqz"
+    save_compressed(_compressed(), path)
+    data = path.read_bytes()
+    magic, version, flags, length = struct.unpack_from("<4sHHI", data)
+    metadata = json.loads(zlib.decompress(data[12 : 12 + length]))
+    metadata["model_spec"]["kwargs"]["base_e"] = 32
+    meta = zlib.compress(json.dumps(metadata).encode())
+    body = struct.pack("<4sHHI", magic, version, flags, len(meta)) + meta + data[12 + length : -4]
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    with pytest.raises(CompressedFileError, match="in the file, .* in the model"):
+        load_compressed(path)

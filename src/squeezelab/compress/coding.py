@@ -164,8 +164,17 @@ def _pack_codes(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     return np.packbits(bits[keep]).tobytes()
 
 
-def huffman_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
+def _alphabet(table: bytes) -> tuple[int, int]:
+    """The alphabet size at the start of a table, checked against the table's length (one or more bytes
+    per symbol follow), so a damaged table cannot ask for an absurd amount of work."""
     (alphabet,), offset = decode_varints(table, 1)
+    if alphabet > len(table) - offset:
+        raise CodingError(f"table claims {alphabet} symbols in {len(table)} bytes")
+    return int(alphabet), offset
+
+
+def huffman_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
+    alphabet, offset = _alphabet(table)
     lengths = np.frombuffer(table, dtype=np.uint8, count=alphabet, offset=offset).astype(np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
@@ -245,8 +254,8 @@ def ans_encode(symbols: np.ndarray, alphabet: int | None = None) -> EncodedStrea
 
 
 def ans_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
-    (alphabet,), offset = decode_varints(table, 1)
-    frequencies, _ = decode_varints(table, int(alphabet), offset)
+    alphabet, offset = _alphabet(table)
+    frequencies, _ = decode_varints(table, alphabet, offset)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if frequencies.sum() == 0:

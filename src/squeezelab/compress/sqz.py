@@ -204,19 +204,20 @@ def load_compressed(path: str | os.PathLike, parametrized: bool = False) -> nn.M
     so the centroids can be fine-tuned further. A missing, truncated, corrupted or foreign file raises
     an error naming the file; no model is returned unless every part decoded and fitted.
     """
-    metadata, layers, tensors = _read(path)
+    _, model, layers, tensors = _read(path)
     try:
-        model = _build_model(metadata, layers, tensors, parametrized)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CompressedFileError(f"{path}: {_first_line(exc)}") from None
+        model.load_state_dict(_plain_state(layers, tensors), strict=True)
+    except RuntimeError as exc:
+        raise CompressedFileError(f"{path}: weights do not fit the model: {_first_line(exc)}") from None
+    if parametrized:
+        _restore_weight_sharing(model, layers)
     return model.eval()
 
 
 def inspect_compressed(path: str | os.PathLike) -> SizeReport:
     """The size report of a ``.sqz`` file (decodes the streams to measure their Shannon limits)."""
-    metadata, layers, tensors = _read(path)
-    file_bytes = Path(path).stat().st_size
-    return _size_report(layers, metadata["tensors"], file_bytes, _plain_state(layers, tensors))
+    metadata, _, layers, tensors = _read(path)
+    return _size_report(layers, metadata["tensors"], Path(path).stat().st_size, _plain_state(layers, tensors))
 
 
 def _plain_state(layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -226,18 +227,33 @@ def _plain_state(layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor]) 
     return state
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, Any], list[_DecodedLayer], dict[str, torch.Tensor]]:
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], nn.Module, list[_DecodedLayer], dict[str, torch.Tensor]]:
+    """The metadata, the model skeleton (rebuilt from the spec; every section is checked against its shapes before it
+    is decoded), the decoded weight-shared layers and the other tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     data = path.read_bytes()
     try:
         metadata, body = _checked_parts(data)
-        return metadata, *_decode_body(metadata, body)
+        model = _skeleton(metadata)
+        layers, tensors = _decode_body(metadata, body, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     except CompressedFileError as exc:
         raise CompressedFileError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
         raise CompressedFileError(f"{path}: damaged compressed model ({_first_line(exc)})") from None
+    return metadata, model, layers, tensors
+
+
+def _skeleton(metadata: dict[str, Any]) -> nn.Module:
+    spec = metadata["model_spec"]
+    try:
+        model = create_model(spec["name"], **spec.get("kwargs", {}))
+    except ValueError as exc:
+        raise CompressedFileError(f"cannot rebuild the model: {_first_line(exc)}") from None
+    if metadata.get("default_cfg"):
+        model.default_cfg = ModelConfig.from_dict(metadata["default_cfg"])
+    return model
 
 
 def _first_line(exc: BaseException) -> str:
@@ -278,12 +294,16 @@ class _Reader:
 
 
 def _decode_body(
-    metadata: dict[str, Any], body: memoryview
+    metadata: dict[str, Any], body: memoryview, shapes: dict[str, tuple[int, ...]]
 ) -> tuple[list[_DecodedLayer], dict[str, torch.Tensor]]:
     reader = _Reader(body)
-    layers = [_decode_layer(entry, reader) for entry in metadata["layers"]]
+    layers = []
+    for entry in metadata["layers"]:
+        _check_shape(f"{entry['name']}.weight", entry["shape"], shapes)
+        layers.append(_decode_layer(entry, reader))
     tensors = {}
     for key, dtype, shape in metadata["tensors"]:
+        _check_shape(key, shape, shapes)
         raw = reader.take(_tensor_nbytes(dtype, shape))
         array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
         tensor = torch.from_numpy(array.reshape(shape))
@@ -293,10 +313,19 @@ def _decode_body(
     return layers, tensors
 
 
+def _check_shape(key: str, shape: list[int], shapes: dict[str, tuple[int, ...]]) -> None:
+    if key not in shapes:
+        raise CompressedFileError(f"holds {key!r}, which the model does not have")
+    if tuple(shape) != shapes[key]:
+        raise CompressedFileError(f"{key} has shape {tuple(shape)} in the file, {shapes[key]} in the model")
+
+
 def _decode_layer(entry: dict[str, Any], reader: _Reader) -> _DecodedLayer:
     shape = tuple(int(s) for s in entry["shape"])
     numel = int(np.prod(shape, dtype=np.int64))
     nonzeros, clusters = int(entry["nonzeros"]), int(entry["clusters"])
+    if not 0 <= nonzeros <= numel or not 0 <= clusters <= max(nonzeros, 1):
+        raise CompressedFileError(f"layer {entry['name']}: {nonzeros} weights in {clusters} clusters do not fit {shape}")
     codebook = np.frombuffer(reader.take(4 * clusters), dtype="<f4").astype(np.float32)
     index_coder, table_length, payload_length = entry["index"]
     index_stream = EncodedStream(index_coder, reader.take(table_length), reader.take(payload_length), nonzeros, 0.0)
@@ -327,23 +356,14 @@ def _layer_weight(layer: _DecodedLayer) -> torch.Tensor:
     return torch.from_numpy(weight.reshape(layer.shape))
 
 
-def _build_model(
-    metadata: dict[str, Any], layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor], parametrized: bool
-) -> nn.Module:
-    spec = metadata["model_spec"]
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
-    model.load_state_dict(_plain_state(layers, tensors), strict=True)
-    if parametrized:
-        modules = prunable_layers(model)
-        for layer in layers:
-            indices = np.zeros(layer.mask.size, dtype=np.int64)
-            indices[layer.mask] = layer.indices
-            set_weight_sharing(
-                modules[layer.name],
-                torch.from_numpy(layer.codebook),
-                torch.from_numpy(indices.reshape(layer.shape)),
-                torch.from_numpy(layer.mask.reshape(layer.shape)),
-            )
-    if metadata.get("default_cfg"):
-        model.default_cfg = ModelConfig.from_dict(metadata["default_cfg"])
-    return model
+def _restore_weight_sharing(model: nn.Module, layers: list[_DecodedLayer]) -> None:
+    modules = prunable_layers(model)
+    for layer in layers:
+        indices = np.zeros(layer.mask.size, dtype=np.int64)
+        indices[layer.mask] = layer.indices
+        set_weight_sharing(
+            modules[layer.name],
+            torch.from_numpy(layer.codebook),
+            torch.from_numpy(indices.reshape(layer.shape)),
+            torch.from_numpy(layer.mask.reshape(layer.shape)),
+        )
