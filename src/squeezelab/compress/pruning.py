@@ -167,14 +167,31 @@ def densities(model: nn.Module) -> dict[str, float]:
 
 
 def bake_module(module: nn.Module) -> None:
+    _remove_parametrizations(module, leave_parametrized=True)
+
+
+def strip_module(module: nn.Module) -> None:
+    _remove_parametrizations(module, leave_parametrized=False)
+
+
+def _remove_parametrizations(module: nn.Module, leave_parametrized: bool) -> None:
     for tensor_name in list(getattr(module, "parametrizations", {})):
-        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=leave_parametrized)
 
 
 def bake(model: nn.Module) -> nn.Module:
     """Replace parametrized weights by their current values (pruned zeros, shared centroids), in place."""
+    return _for_every_module(model, bake_module)
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Remove every parametrization, giving back the weights from before pruning / sharing, in place."""
+    return _for_every_module(model, strip_module)
+
+
+def _for_every_module(model: nn.Module, change: Callable[[nn.Module], None]) -> nn.Module:
     for module in list(model.modules()):
-        bake_module(module)
+        change(module)
     return model
 
 
@@ -198,18 +215,6 @@ def save_plain_model(model: nn.Module, path: str | os.PathLike) -> None:
     record = model_record(model)
     record["state_dict"] = {key: value.detach().cpu() for key, value in plain_state_dict(model).items()}
     atomic_torch_save(record, path)
-
-
-def strip_module(module: nn.Module) -> None:
-    for tensor_name in list(getattr(module, "parametrizations", {})):
-        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
-
-
-def strip(model: nn.Module) -> nn.Module:
-    """Remove every parametrization, giving back the weights from before pruning / sharing, in place."""
-    for module in list(model.modules()):
-        strip_module(module)
-    return model
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
