@@ -65,6 +65,13 @@ def test_int8_backend_is_built_from_calibration_then_preferred(tmp_path, cifar_m
     built = deploy(cifar_model, "auto", calibration=calibration, calibration_count=8, progress=False)
     assert built.backend == "int8" and built.artifact == sidecar_paths(cifar_model)["int8"]
     assert deploy(cifar_model, "auto").backend == "int8"  # cached and fresh: no calibration needed any more
+    stamp = onnx_metadata(built.artifact)["squeezelab.calibration_id"]
+    deploy(cifar_model, "auto", calibration=calibration, calibration_count=8, progress=False)
+    assert onnx_metadata(built.artifact)["squeezelab.calibration_id"] == stamp  # same images: reused
+    other = tmp_path / "other-calibration"
+    write_images(other, 6, size=32)
+    deploy(cifar_model, "auto", calibration=other, calibration_count=6, progress=False)
+    assert onnx_metadata(built.artifact)["squeezelab.calibration_id"] != stamp  # other images: rebuilt
 
 
 def test_expand_inputs_rejects_empty_folders(tmp_path):

@@ -26,6 +26,7 @@ from .runtime import OnnxModel
 
 BACKENDS = ("auto", "int8", "onnx", "eager")
 SOURCE_KEY = "squeezelab.source_sha256"
+CALIBRATION_KEY = "squeezelab.calibration_id"
 
 
 @dataclass
@@ -57,13 +58,22 @@ def sidecar_paths(model_path: str | os.PathLike) -> dict[str, Path]:
     return {"onnx": path.with_name(path.name + ".onnx"), "int8": path.with_name(path.name + ".int8.onnx")}
 
 
-def _is_fresh(artifact: Path, source_hash: str) -> bool:
+def calibration_id(calibration: str | os.PathLike | Sequence[str | os.PathLike], count: int) -> str:
+    """Names the calibration set (its paths and image count), so a cached int8 export made from other images
+    is rebuilt instead of silently reused."""
+    paths = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+    text = "\n".join(sorted(str(Path(p).resolve()) for p in paths)) + f"\n{count}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_fresh(artifact: Path, source_hash: str, calibration: str | None = None) -> bool:
     if not artifact.is_file():
         return False
     try:
-        return onnx_metadata(artifact).get(SOURCE_KEY) == source_hash
+        metadata = onnx_metadata(artifact)
     except Exception:  # a damaged cache file is rebuilt, whatever onnx says about it
         return False
+    return metadata.get(SOURCE_KEY) == source_hash and calibration in (None, metadata.get(CALIBRATION_KEY))
 
 
 def onnxruntime_available() -> bool:
@@ -101,7 +111,8 @@ def deploy(
     chosen = backend
     if backend == "auto":
         chosen = "int8" if calibration is not None or _is_fresh(sidecars["int8"], source_hash) else "onnx"
-    if not _is_fresh(sidecars[chosen], source_hash):
+    calibrated_with = calibration_id(calibration, calibration_count) if calibration is not None else None
+    if not _is_fresh(sidecars[chosen], source_hash, calibrated_with if chosen == "int8" else None):
         try:
             _build_sidecars(path, arch, chosen, sidecars, source_hash, calibration, calibration_count, progress)
         except PermissionError:
@@ -133,4 +144,9 @@ def _build_sidecars(
                 "to build it"
             )
         batch = calibration_batch(calibration, model.default_cfg, calibration_count, progress=progress)
-        quantize_int8(sidecars["onnx"], sidecars["int8"], batch, metadata=stamp)
+        quantize_int8(
+            sidecars["onnx"],
+            sidecars["int8"],
+            batch,
+            metadata={**stamp, CALIBRATION_KEY: calibration_id(calibration, calibration_count)},
+        )

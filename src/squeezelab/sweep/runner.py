@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -91,7 +90,8 @@ def run_study(
     total = _planned_trials(spec)
     say = log or (lambda _message: None)
     say(f"study {spec.name!r}: {total} trials planned, {queued} queued now, {workers} worker process(es); storage {study._storage.url if hasattr(study._storage, 'url') else root / 'study.db'}")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # torch's default honours OMP_NUM_THREADS, so a study can be confined next to another job
+    threads = max(1, torch.get_num_threads() // workers)
     if workers == 1:
         _work(spec, root, storage_url, threads, progress)
     else:
