@@ -8,27 +8,39 @@ shared centroids; entropy coding to a .sqz file; the decoded file is evaluated o
 split (JPEG copy) and compared with the dense model. The baseline is the dense fp32 model file
 (``squeezelab.models.files.save_model``) of the same model, written in the same run.
 
-    python benchmarks/cifar_compress.py runs/<best cifar run>/best.pt --out benchmarks/results/cifar_compress
+It also prints the stage table of study 9 (docs/results.md): the dense model, after pruning and its
+fine-tuning, after weight sharing and its fine-tuning, the model decoded from the .sqz file, and with
+``--dsd-epochs N`` Dense-Sparse-Dense training from the same dense model (N sparse + N re-dense epochs),
+as results.md / stages.csv / stages.png in ``--out``.
+
+    python benchmarks/cifar_compress.py runs/<best cifar run>/best.pt --dsd-epochs 3 --out benchmarks/results/cifar_compress
     python benchmarks/cifar_compress.py --quick-train 3 --limit 10000   # pipeline check on a quickly trained model
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import tempfile
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import torch
 
-from squeezelab.compress import parse_bits_spec, parse_density_spec
+from squeezelab.compress import parse_bits_spec, parse_density_spec, plain_copy
+from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
 from squeezelab.compress.pipeline import compress_and_evaluate
 from squeezelab.data import build_datasets, dataset_options_from_config
 from squeezelab.models import create_model
 from squeezelab.models.files import save_model
 from squeezelab.train import TrainConfig, fit, load_trained_model
-from squeezelab.utils.files import atomic_write_text
+from squeezelab.utils.files import atomic_write_bytes, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -61,6 +73,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--tensor-dtype", choices=("float32", "float16"), default="float16", help="biases, batch norm")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
+    parser.add_argument("--amp", default="auto", help="fine-tuning autocast: auto, off, bf16 (as squeezelab train)")
+    parser.add_argument("--dsd-epochs", type=int, default=0, help="also run DSD: this many sparse and re-dense epochs")
+    parser.add_argument("--dsd-density", type=float, default=0.5, help="DSD's sparse phase density")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,6 +85,7 @@ def main() -> None:
     dense_file = Path(tempfile.mkdtemp()) / "dense.pt"
     save_model(model, dense_file)
     splits = build_datasets("cifar10", args.data, limit=args.limit, progress=False, **dataset_options_from_config(model.default_cfg))
+    dense_model = plain_copy(model)
     outcome = compress_and_evaluate(
         model,
         args.out / "model.sqz",
@@ -78,7 +94,7 @@ def main() -> None:
         data=splits,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
-        train_config=finetune_config(args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp="off"),
+        train_config=finetune_config(args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp=args.amp),
         run_dir=args.out / "runs",
         tensor_dtype=args.tensor_dtype,
     )
@@ -95,9 +111,73 @@ def main() -> None:
         f"ratio {ratio:.1f}x (target >= {TARGET_RATIO:g}x): {'PASS' if ratio >= TARGET_RATIO else 'FAIL'}; "
         f"accuracy drop {drop:+.2f} points (target <= {MAX_DROP}): {'PASS' if drop <= MAX_DROP else 'FAIL'}",
     ]
-    atomic_write_text(args.out / "results.md", "\n\n".join(lines) + "\n\n" + outcome.report.to_markdown())
+    stages = stage_rows(outcome, dense_bytes, args.prune_steps)
+    if args.dsd_epochs:
+        stages.append(dsd_row(dense_model, splits, args, dense_bytes, outcome.report.params))
+    table = stage_table(stages)
+    atomic_write_text(args.out / "results.md", "\n\n".join(lines) + "\n\n" + table + "\n\n" + outcome.report.to_markdown())
+    write_stages(stages, args.out)
     outcome.report.write(args.out / "size_report")
     print("\n".join(lines))
+    print(table)
+
+
+def stage_rows(outcome, dense_bytes: int, prune_steps: int) -> list[dict]:
+    """Dense, pruned (after the last pruning step's fine-tuning), pruned + quantized (after the centroids'
+    fine-tuning) and the decoded .sqz file; the in-between stages exist only with fine-tuning."""
+    report = outcome.report
+    rows = [_row("dense fp32", dense_bytes, report.params, outcome.dense_metrics)]
+    tuned = outcome.finetune_results
+    if len(tuned) >= prune_steps + 1:
+        rows.append(_row("pruned (fine-tuned)", None, report.nonzeros, tuned[prune_steps - 1]))
+        rows.append(_row("pruned + quantized (fine-tuned)", None, report.nonzeros, tuned[prune_steps]))
+    rows.append(_row("pruned + quantized + coded (.sqz file)", report.file_bytes, report.nonzeros, outcome.compressed_metrics))
+    return rows
+
+
+def dsd_row(dense_model: torch.nn.Module, splits, args: argparse.Namespace, dense_bytes: int, weights: int) -> dict:
+    """DSD from the trained dense model: its result is again a dense model of the same size (``weights``
+    counts the prunable weights, as for the other rows)."""
+    config = finetune_config(args.dsd_epochs, lr=args.lr, batch_size=128, device="cpu", amp=args.amp)
+    result = dense_sparse_dense(dense_model, splits, config, args.dsd_density, dense_epochs=0, run_dir=args.out / "dsd")
+    return _row(f"DSD ({args.dsd_epochs} sparse at {args.dsd_density:.0%} + {args.dsd_epochs} re-dense epochs)",
+                dense_bytes, weights, result.redense)
+
+
+def _row(stage: str, file_bytes: int | None, weights: int, metrics: dict | None) -> dict:
+    return {"stage": stage, "file_bytes": file_bytes, "weights": weights,
+            "top1": metrics["top1"] if metrics else None, "top5": metrics["top5"] if metrics else None}
+
+
+def stage_table(rows: list[dict]) -> str:
+    lines = ["| stage | file bytes | nonzero weights | test top-1 | test top-5 |", "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        size = f"{row['file_bytes']:,}" if row["file_bytes"] else "-"
+        accuracy = [f"{row[key]:.2f}%" if row[key] is not None else "-" for key in ("top1", "top5")]
+        lines.append(f"| {row['stage']} | {size} | {row['weights']:,} | {accuracy[0]} | {accuracy[1]} |")
+    return "\n".join(lines)
+
+
+def write_stages(rows: list[dict], out: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "stages.csv", buffer.getvalue())
+    shown = [row for row in rows if row["top1"] is not None]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.barh([row["stage"] for row in shown][::-1], [row["top1"] for row in shown][::-1], color="tab:blue")
+    low = min(row["top1"] for row in shown)
+    axis.set_xlim(max(0.0, low - 5), 100)
+    axis.set_xlabel("CIFAR-10 test top-1 (%)")
+    for index, row in enumerate(shown[::-1]):
+        label = f" {row['top1']:.2f}%" + (f", {row['file_bytes']:,} B" if row["file_bytes"] else "")
+        axis.text(row["top1"], index, label, va="center", fontsize=8)
+    figure.tight_layout()
+    buffer_png = io.BytesIO()
+    figure.savefig(buffer_png, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(out / "stages.png", buffer_png.getvalue())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 SQUEEZELAB=${SQUEEZELAB:-.venv/bin/squeezelab}
 WORKERS=${WORKERS:-1}
 ALL="06_bypass 07_sr_sweep 07_pct3x3_sweep 03_batchnorm 04_fire_removal 05_fire_pairing 02_augmentation
-     08_squeezenext 01_baselines_mnist 01_baselines_cifar10"
+     08_squeezenext 10_bf16_autocast 01_baselines_mnist 01_baselines_cifar10"
 
 for study in ${@:-$ALL}; do
   file=experiments/studies/$study.yaml
