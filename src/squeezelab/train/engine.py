@@ -140,7 +140,8 @@ def fit(
         model.load_state_dict(state.best_weights)
     test = None
     if evaluate_test and loaders.test is not None:
-        test = evaluate(model, loaders.test, device, amp=amp, channels_last=config.channels_last, progress=show_bars, desc="test")
+        # full precision: the test figure describes the fp32 weights users keep, whatever trained them
+        test = evaluate(model, loaders.test, device, channels_last=config.channels_last, progress=show_bars, desc="test")
         say(f"test (best epoch {state.best_epoch}): top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  loss {test['loss']:.4f}")
     written = run.path if run.enabled else None
     result = FitResult(model, state.history, state.best_epoch, state.best_val_top1, test, written, state.seconds)
