@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--tensor-dtype", choices=("float32", "float16"), default="float16", help="biases, batch norm")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
+    parser.add_argument("--fold-bn", action="store_true", help="store batch norms as eval-mode scale and shift")
     parser.add_argument("--amp", default="auto", help="fine-tuning autocast: auto, off, bf16 (as squeezelab train)")
     parser.add_argument("--dsd-epochs", type=int, default=0, help="also run DSD: this many sparse and re-dense epochs")
     parser.add_argument("--dsd-density", type=float, default=0.5, help="DSD's sparse phase density")
@@ -97,6 +98,7 @@ def main() -> None:
         train_config=finetune_config(args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp=args.amp),
         run_dir=args.out / "runs",
         tensor_dtype=args.tensor_dtype,
+        fold_batch_norm=args.fold_bn,
     )
     dense_bytes = dense_file.stat().st_size
     ratio = dense_bytes / outcome.report.file_bytes
@@ -104,6 +106,7 @@ def main() -> None:
     lines = [
         f"model: {model.model_spec['name']} {json.dumps(model.model_spec['kwargs'])}",
         f"recipe: density {args.density}; bits {args.bits}; {args.prune_steps} prune steps; "
+        f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
         f"{args.finetune_epochs} fine-tuning epochs per stage at lr {args.lr}",
         f"dense fp32 model file: {dense_bytes:,} bytes; test top-1 {outcome.dense_metrics['top1']:.2f}% "
         f"({outcome.dense_metrics['images']:,} CIFAR-10 test images, JPEG copy)",

@@ -11,9 +11,11 @@ from squeezelab.compress import (
     parse_density_spec,
     prunable_layers,
     prune,
+    resolve_densities,
     strip,
 )
 from squeezelab.compress.pruning import PruningMask, plain_copy, plain_state_dict
+from squeezelab.models import create_model
 from squeezelab.train import fit
 
 from .conftest import tiny_model
@@ -99,7 +101,18 @@ def test_density_spec_parsing_and_errors():
     assert parse_density_spec("deep-compression")["classifier"] == 0.2
     with pytest.raises(ValueError, match="--density"):
         parse_density_spec("conv3x3=lots")
-    with pytest.raises(ValueError, match="no layer or layer kind named conv5x5"):
+    with pytest.raises(ValueError, match="no layer, module or layer kind named conv5x5"):
         prune(tiny_model(), {"conv5x5": 0.5})
+    with pytest.raises(ValueError, match="named feat"):  # a prefix must end at a module boundary
+        prune(tiny_model(), {"feat": 0.5})
+
+
+def test_density_keys_by_module_prefix_then_kind_then_default():
+    model = create_model("squeezenet1_1_cifar")
+    spec = {"features.3": 0.4, "features.3.expand3x3": 0.3, "conv3x3": 0.2, "default": 0.9}
+    densities = resolve_densities(model, spec)
+    assert densities["features.3.expand3x3"] == 0.3  # its own name beats the module prefix
+    assert densities["features.3.squeeze"] == densities["features.3.expand1x1"] == 0.4  # inside features.3
+    assert densities["features.5.expand3x3"] == 0.2 and densities["features.5.squeeze"] == 0.9
     with pytest.raises(ValueError, match="density must be in"):
         prune(tiny_model(), 1.5)

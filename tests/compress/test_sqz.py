@@ -67,6 +67,24 @@ def test_float16_tensors_and_coder_choices(tmp_path):
         assert torch.equal(decoded[key], expected), key
 
 
+def test_folded_batch_norm_keeps_eval_outputs_in_fewer_bytes(tmp_path):
+    model = _compressed(batch_norm="all")
+    torch.manual_seed(1)
+    for module in model.modules():  # trained-looking statistics, so that folding has something to fold
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    full = save_compressed(model, tmp_path / "full.sqz")
+    folded = save_compressed(model, tmp_path / "folded.sqz", fold_batch_norm=True)
+    assert folded.other_tensor_bytes < 0.55 * full.other_tensor_bytes
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_compressed(tmp_path / "folded.sqz")(images), model(images), rtol=1e-5, atol=1e-5)
+    assert inspect_compressed(tmp_path / "folded.sqz") == folded
+
+
 def test_parametrized_load_fine_tunes_further(tmp_path):
     path = tmp_path / "m.sqz"
     save_compressed(_compressed(), path)

@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
     compress.add_argument("--tensor-dtype", choices=("float32", "float16"), default="float32", help="biases, BN")
+    compress.add_argument(
+        "--fold-bn", action="store_true", help="store each batch norm as its eval-mode scale and shift (half the bytes)"
+    )
     _add_data_arguments(compress, required=False)
     compress.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after each stage")
     compress.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps (each fine-tuned)")
@@ -146,6 +149,7 @@ def run_compress(args: argparse.Namespace) -> int:
         index_coder=args.index_coder,
         position_coder=args.position_coder,
         tensor_dtype=args.tensor_dtype,
+        fold_batch_norm=args.fold_bn,
         progress=not args.quiet,
         log=None if args.quiet else print,
     )

@@ -38,24 +38,33 @@ def layer_kinds(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 
 def resolve_per_layer(model: nn.Module, spec: T | Mapping[str, T], what: str) -> dict[str, T]:
-    """Per-layer values from one value or a name/kind mapping; layers no key matches are left out."""
+    """Per-layer values from one value or a mapping whose keys are layer names, module prefixes (e.g.
+    ``features.stage3``: every layer inside), layer kinds or ``default``; a layer takes its own name first,
+    then its longest matching prefix, then its first matching kind, then ``default``. Layers no key matches
+    are left out."""
     kinds = layer_kinds(model)
     if not isinstance(spec, Mapping):
         return {name: spec for name in kinds}
-    known = set(kinds) | {kind for ks in kinds.values() for kind in ks} | {"default"}
-    unknown = sorted(set(spec) - known)
+    kind_names = {kind for ks in kinds.values() for kind in ks} | {"default"}
+    unknown = sorted(key for key in spec if key not in kind_names and not any(_inside(name, key) for name in kinds))
     if unknown:
         raise ValueError(
-            f"{what}: no layer or layer kind named {', '.join(unknown)}; "
-            f"kinds are {sorted(known - set(kinds))}, layers are {list(kinds)}"
+            f"{what}: no layer, module or layer kind named {', '.join(unknown)}; "
+            f"kinds are {sorted(kind_names)}, layers are {list(kinds)}"
         )
     resolved = {}
     for name, layer_kind_list in kinds.items():
-        for key in (name, *layer_kind_list, "default"):
+        prefixes = sorted((key for key in spec if _inside(name, key)), key=len, reverse=True)
+        for key in (*prefixes, *layer_kind_list, "default"):
             if key in spec:
                 resolved[name] = spec[key]
                 break
     return resolved
+
+
+def _inside(layer: str, prefix: str) -> bool:
+    """``layer`` is the module ``prefix`` or lies inside it (``a.b`` is inside ``a``, ``ab`` is not)."""
+    return layer == prefix or layer.startswith(prefix + ".")
 
 
 def parse_per_layer(text: str, convert: Callable[[str], T], what: str) -> T | dict[str, T]:

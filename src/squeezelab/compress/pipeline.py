@@ -75,6 +75,7 @@ def compress_and_evaluate(
     index_coder: str = "auto",
     position_coder: str = "auto",
     tensor_dtype: str = "float32",
+    fold_batch_norm: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> CompressionOutcome:
@@ -108,7 +109,7 @@ def compress_and_evaluate(
         densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"))
     codebook_sizes = quantize(model, bits, init)
     tune("quantized")
-    report = save_compressed(model, path, index_coder, position_coder, tensor_dtype)
+    report = save_compressed(model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)
     decoded = load_compressed(path)
     compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)

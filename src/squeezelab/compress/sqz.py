@@ -66,13 +66,17 @@ def save_compressed(
     index_coder: str = "auto",
     position_coder: str = "auto",
     tensor_dtype: str = "float32",
+    fold_batch_norm: bool = False,
 ) -> SizeReport:
     """Write ``model`` (its weight-shared layers entropy-coded, see :func:`quantize`) to ``path``.
 
     ``index_coder`` is ``"huffman"``, ``"ans"`` or ``"auto"`` (smaller per layer); ``position_coder``
     see :data:`.positions.POSITION_CODERS`. ``tensor_dtype`` (``"float32"`` or ``"float16"``) is how
     biases and other small tensors are stored; float16 rounds them (the decoded model then differs from
-    ``model`` by that rounding only).
+    ``model`` by that rounding only). ``fold_batch_norm`` stores each batch norm as the per-channel scale
+    and shift it applies in eval mode (half its four tensors); the decoded layer gets running mean 0 and
+    variance ``1 - eps``, so its outputs in eval mode are unchanged (training it again starts from those
+    statistics instead of the original ones).
     """
     if tensor_dtype not in ("float32", "float16"):
         raise ValueError(f"tensor_dtype must be 'float32' or 'float16', got {tensor_dtype!r}")
@@ -89,6 +93,8 @@ def save_compressed(
         sections += layer_sections
         encoded.append(layer)
     state = plain_state_dict(model)
+    folded = batch_norms(model) if fold_batch_norm else {}
+    state = _folded_state(state, folded)
     coded_keys = {f"{name}.weight" for name in shared}
     tensor_entries = []
     for key, tensor in state.items():
@@ -104,6 +110,7 @@ def save_compressed(
         "default_cfg": cfg.to_dict() if isinstance(cfg, ModelConfig) else None,
         "layers": layer_entries,
         "tensors": tensor_entries,
+        "folded_batch_norm": sorted(folded),
     }
     data = _assemble(metadata, sections)
     atomic_write_bytes(path, data)
@@ -186,6 +193,41 @@ def _size_report(layers: list[_DecodedLayer], tensor_entries: list, file_bytes: 
     return SizeReport(rows, other, file_bytes - coded, file_bytes, 4 * parameters)
 
 
+def batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The batch norms with running statistics and an affine part: those whose eval-mode map can be folded."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats and module.affine
+    }
+
+
+def _folded_state(state: dict[str, torch.Tensor], norms: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """``state`` with each batch norm in ``norms`` reduced to its eval-mode scale (as weight) and shift (as bias)."""
+    state = dict(state)
+    for name, norm in norms.items():
+        scale = state[f"{name}.weight"] / torch.sqrt(state[f"{name}.running_var"] + norm.eps)
+        state[f"{name}.bias"] = state[f"{name}.bias"] - state[f"{name}.running_mean"] * scale
+        state[f"{name}.weight"] = scale
+        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+            state.pop(f"{name}.{buffer}", None)
+    return state
+
+
+def _unfolded_state(state: dict[str, torch.Tensor], model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Running statistics that make folded batch norms apply exactly their stored scale and shift."""
+    state = dict(state)
+    norms = batch_norms(model)
+    for name in names:
+        if name not in norms:
+            raise CompressedFileError(f"folded batch norm {name!r} is not a batch norm of the model")
+        norm = norms[name]
+        state[f"{name}.running_mean"] = torch.zeros(norm.num_features)
+        state[f"{name}.running_var"] = torch.full((norm.num_features,), 1.0 - norm.eps)
+        state[f"{name}.num_batches_tracked"] = torch.tensor(0)
+    return state
+
+
 def _tensor_nbytes(dtype: str, shape: list[int]) -> int:
     return int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=TENSOR_DTYPES[dtype]).element_size()
 
@@ -204,9 +246,12 @@ def load_compressed(path: str | os.PathLike, parametrized: bool = False) -> nn.M
     so the centroids can be fine-tuned further. A missing, truncated, corrupted or foreign file raises
     an error naming the file; no model is returned unless every part decoded and fitted.
     """
-    _, model, layers, tensors = _read(path)
+    metadata, model, layers, tensors = _read(path)
     try:
-        model.load_state_dict(_plain_state(layers, tensors), strict=True)
+        state = _unfolded_state(_plain_state(layers, tensors), model, metadata.get("folded_batch_norm", []))
+        model.load_state_dict(state, strict=True)
+    except CompressedFileError as exc:
+        raise CompressedFileError(f"{path}: {exc}") from None
     except RuntimeError as exc:
         raise CompressedFileError(f"{path}: weights do not fit the model: {_first_line(exc)}") from None
     if parametrized:
