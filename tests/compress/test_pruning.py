@@ -101,8 +101,8 @@ def test_density_spec_parsing_and_errors():
     assert parse_density_spec("deep-compression")["classifier"] == 0.2
     with pytest.raises(ValueError, match="--density"):
         parse_density_spec("conv3x3=lots")
-    with pytest.raises(ValueError, match="no layer, module or layer kind named conv5x5"):
-        prune(tiny_model(), {"conv5x5": 0.5})
+    with pytest.raises(ValueError, match="no layer, module or layer kind named conv3by3"):
+        prune(tiny_model(), {"conv3by3": 0.5})
     with pytest.raises(ValueError, match="named feat"):  # a prefix must end at a module boundary
         prune(tiny_model(), {"feat": 0.5})
 
@@ -114,5 +114,11 @@ def test_density_keys_by_module_prefix_then_kind_then_default():
     assert densities["features.3.expand3x3"] == 0.3  # its own name beats the module prefix
     assert densities["features.3.squeeze"] == densities["features.3.expand1x1"] == 0.4  # inside features.3
     assert densities["features.5.expand3x3"] == 0.2 and densities["features.5.squeeze"] == 0.9
+
+
+def test_a_kind_the_model_lacks_is_not_an_error():
+    alexnet = create_model("alexnet_cifar")  # no 1x1 convolutions
+    densities = resolve_densities(alexnet, {"conv1x1": 1.0, "conv3x3": 0.33, "classifier": 0.2})
+    assert densities["classifier.6"] == 0.2 and densities["features.6"] == 0.33 and "features.3" not in densities
     with pytest.raises(ValueError, match="density must be in"):
         prune(tiny_model(), 1.5)

@@ -1,13 +1,14 @@
 """Which layers compress, what kind each is, and per-layer settings given by name, by kind or for all.
 
 A per-layer setting (density, bits) is given as one value for every layer, or as a mapping whose keys
-are layer names (``features.3.squeeze``), layer kinds (``stem``, ``classifier``, ``conv1x1``,
-``conv3x3``, ``conv``, ``linear``) or ``default``; the most specific key wins (name, then kind in the
-order listed by :func:`layer_kinds`). On the command line the same is written ``conv3x3=0.33,classifier=0.2``.
+are layer names (``features.3.squeeze``), module prefixes (``features.stage3``), layer kinds (``stem``,
+``classifier``, ``conv1x1``, ``conv3x3``, ``conv``, ``linear``) or ``default``; the most specific key wins
+(name, then longest prefix, then kind in the order listed by :func:`layer_kinds`). On the command line the same is written ``conv3x3=0.33,classifier=0.2``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Mapping, TypeVar
 
 import torch.nn as nn
@@ -19,6 +20,9 @@ T = TypeVar("T", int, float)
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Convolution and linear layers with a weight, by module name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name}
+
+
+KIND_PATTERN = re.compile(r"stem|classifier|conv|conv\d+x\d+|linear|default")
 
 
 def layer_kinds(model: nn.Module) -> dict[str, tuple[str, ...]]:
@@ -46,7 +50,10 @@ def resolve_per_layer(model: nn.Module, spec: T | Mapping[str, T], what: str) ->
     if not isinstance(spec, Mapping):
         return {name: spec for name in kinds}
     kind_names = {kind for ks in kinds.values() for kind in ks} | {"default"}
-    unknown = sorted(key for key in spec if key not in kind_names and not any(_inside(name, key) for name in kinds))
+    # a kind the model lacks (conv1x1 in AlexNet) is no mistake: one recipe serves several architectures
+    unknown = sorted(
+        key for key in spec if not KIND_PATTERN.fullmatch(key) and not any(_inside(name, key) for name in kinds)
+    )
     if unknown:
         raise ValueError(
             f"{what}: no layer, module or layer kind named {', '.join(unknown)}; "
