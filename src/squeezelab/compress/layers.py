@@ -3,7 +3,8 @@
 A per-layer setting (density, bits) is given as one value for every layer, or as a mapping whose keys
 are layer names (``features.3.squeeze``), module prefixes (``features.stage3``), layer kinds (``stem``,
 ``classifier``, ``conv1x1``, ``conv3x3``, ``conv``, ``linear``) or ``default``; the most specific key wins
-(name, then longest prefix, then kind in the order listed by :func:`layer_kinds`). On the command line the same is written ``conv3x3=0.33,classifier=0.2``.
+(name, then longest prefix, then kind in the order listed by :func:`layer_kinds`). On the command line the
+same is written ``conv3x3=0.33,classifier=0.2``.
 """
 
 from __future__ import annotations
