@@ -117,9 +117,8 @@ def compress_and_evaluate(
 
 # The digits quickstart model (measured in docs/compression.md: about 14x smaller for 0.3-1.4 points on
 # 359 test images, seconds on 2 cores): two pruning steps to a fifth of the weights (half of the stem's),
-# 4-bit shared weights, four
-# fine-tuning epochs after each stage with the quickstart's own optimiser at its peak learning rate, and
-# batch-norm statistics / biases as float16 (in so small a model they would otherwise be a third of the file).
+# 4-bit shared weights, four fine-tuning epochs after each stage with the quickstart's own optimiser at its
+# peak learning rate, and batch-norm statistics / biases as float16 (in so small a model they would otherwise be a third of the file).
 QUICKSTART_DENSITY = {"stem": 0.5, "default": 0.2}
 QUICKSTART_BITS = 4
 QUICKSTART_PRUNE_STEPS = 2
