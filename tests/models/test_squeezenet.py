@@ -97,6 +97,17 @@ def test_generator_defaults_equal_squeezenet1_0_layer_by_layer():
         assert torch.equal(generated.eval()(x), published.eval()(x))
 
 
+def test_without_final_relu_keys_match_and_scores_can_be_negative():
+    published, linear = create_model("squeezenet1_1_cifar"), create_model("squeezenet1_1_cifar", final_relu=False)
+    linear.load_state_dict(published.state_dict(), strict=True)
+    with torch.no_grad():
+        published.classifier[1].bias.fill_(-1.0)
+        linear.classifier[1].bias.fill_(-1.0)
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.all(published.eval()(x) >= 0)
+        assert torch.any(linear.eval()(x) < 0)
+
+
 def test_tiny_cifar_design_and_parameter_count():
     model = create_model("squeezenet_tiny_cifar")
     assert count_params(model) == 122_986

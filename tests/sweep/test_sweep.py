@@ -56,6 +56,21 @@ def test_trial_config_applies_builder_and_training_axes():
     assert (config.lr, config.seed, config.epochs) == (0.2, 3, 1)
 
 
+def test_per_model_settings_apply_to_their_model_only():
+    spec = _spec(
+        {"model": ["squeezenet1_1_mnist", "plain_cnn_mnist"]},
+        per_model={"squeezenet1_1_mnist": {"model_kwargs": {"batch_norm": "all"}, "lr": 0.01}},
+    )
+    squeezenet = spec.trial_config({"model": "squeezenet1_1_mnist", "seed": 0})
+    plain = spec.trial_config({"model": "plain_cnn_mnist", "seed": 0})
+    assert (squeezenet.model_kwargs, squeezenet.lr) == ({"batch_norm": "all"}, 0.01)
+    assert (plain.model_kwargs, plain.lr) == ({}, 0.05)
+    with pytest.raises(ValueError, match="per_model names 'alexnet_mnist'"):
+        _spec({"model": ["plain_cnn_mnist"]}, per_model={"alexnet_mnist": {"lr": 0.1}})
+    with pytest.raises(ValueError, match="unknown setting 'lrr'"):
+        _spec({"model": ["plain_cnn_mnist"]}, per_model={"plain_cnn_mnist": {"lrr": 0.1}})
+
+
 def test_pareto_front_keeps_only_undominated_points():
     points = [(1.0, 50.0), (2.0, 60.0), (1.5, 40.0), (3.0, 55.0), (0.5, 30.0)]
     assert pareto_front(points) == [4, 0, 1]
@@ -89,6 +104,24 @@ def test_interrupted_trial_is_trained_again(tmp_path):
     states = [t.state for t in study.get_trials()]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 1
     assert len(trial_rows(study, spec)) == 1
+
+
+def test_failed_trials_are_trained_again_only_when_asked(tmp_path, monkeypatch):
+    spec = _spec({"model_kwargs.squeeze_ratio": [0.125]})
+
+    def broken_trial(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("squeezelab.sweep.runner.run_trial", broken_trial)
+        study = run_study(spec, tmp_path, progress=False, log=None)
+    assert [row["state"] for row in trial_rows(study, spec)] == ["failed"]
+    study = run_study(spec, tmp_path, progress=False, log=None)
+    assert [row["state"] for row in trial_rows(study, spec)] == ["failed"]
+    study = run_study(spec, tmp_path, retry_failed=True, progress=False, log=None)
+    rows = trial_rows(study, spec)
+    assert [row["state"] for row in rows] == ["ok"] and rows[0]["params"] > 0
+    assert "Failed trials" not in write_report(study, spec, tmp_path)["markdown"].read_text()
 
 
 def test_changed_study_under_same_name_is_refused(tmp_path):

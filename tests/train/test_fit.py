@@ -18,6 +18,7 @@ from squeezelab.train import (
     resume_training,
     train_from_config,
 )
+from squeezelab.data import build_loaders
 from squeezelab.train.rundir import METRIC_COLUMNS
 
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt", "results.json",
@@ -126,8 +127,22 @@ def test_evaluate_counts_exactly():
     assert metrics["top1"] == 50.0 and metrics["images"] == 4
     assert metrics["confusion"] == [[1, 1, 0], [0, 0, 0], [0, 1, 1]]
     assert metrics["per_class"] == [50.0, None, 50.0]
+    assert metrics["constant_outputs"] == []
     expected = torch.nn.functional.cross_entropy(logits, labels).item()
     assert metrics["loss"] == pytest.approx(expected)
+
+
+def test_dead_class_output_is_reported_once(tiny_config):
+    """A class unit pushed below zero behind SqueezeNet's final ReLU gets no gradient: the run says so."""
+    tiny_config = tiny_config.updated(optimizer="adamw", lr=0.003, epochs=3)
+    splits = build_run_data(tiny_config, progress=False)
+    model = build_run_model(tiny_config, splits)
+    with torch.no_grad():
+        model.classifier[1].bias[3] = -1e4
+    with pytest.warns(RuntimeWarning, match=r"class output\(s\) (\d, )*3(, \d)* gave the same logit") as caught:
+        fit(model, tiny_config, splits, None, progress=False, log=None)
+    assert len([w for w in caught if "dead units" in str(w.message)]) == 1
+    assert 3 in evaluate(model, build_loaders(splits, 64).val, "cpu")["constant_outputs"]
 
 
 def test_quickstart_short_run(tmp_path):

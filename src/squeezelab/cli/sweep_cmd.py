@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--storage",
         help="Optuna RDB URL shared by several machines, e.g. postgresql://user@host/db (default: SQLite in --out)",
     )
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="train again the trials that raised an error (after a fix)"
+    )
     parser.add_argument("--report-only", action="store_true", help="only (re)write the report from finished trials")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -33,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         study = open_study(spec, out, args.storage)
     else:
-        study = run_study(spec, out, workers=args.workers, storage_url=args.storage, progress=not args.quiet)
+        study = run_study(
+            spec, out, workers=args.workers, storage_url=args.storage, retry_failed=args.retry_failed, progress=not args.quiet
+        )
     paths = write_report(study, spec, out)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -107,6 +107,8 @@ class SqueezeNet(nn.Module):
         batch_norm: ``"none"``, ``"conv1"`` (after the stem conv), ``"fires"`` (inside every fire) or ``"all"``.
         dropout: dropout probability before the final conv (0.5 as published).
         final_conv_padding: 1 reproduces the Caffe release's conv10 (padding 1); 0 as torchvision.
+        final_relu: the published ReLU on the class scores. ``False`` drops it (the key layout is kept):
+            a class whose unit dies under a high learning rate can then recover.
         fire_pairing: ``None`` (plain Fires, torchvision keys) or a reduction factor r >= 1: every Fire
             becomes a :class:`~squeezelab.models.fire.FirePair` with squeeze widths divided by r.
     """
@@ -123,6 +125,7 @@ class SqueezeNet(nn.Module):
         final_conv_padding: int = 0,
         fire_numbers: Sequence[int] | None = None,
         fire_pairing: int | None = None,
+        final_relu: bool = True,
     ) -> None:
         super().__init__()
         _check_fire_pairing(fire_pairing)
@@ -166,7 +169,10 @@ class SqueezeNet(nn.Module):
         self.features = nn.Sequential(*layers)
         final_conv = nn.Conv2d(channels, num_classes, kernel_size=1, padding=final_conv_padding)
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout), final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1))
+            nn.Dropout(p=dropout),
+            final_conv,
+            nn.ReLU(inplace=True) if final_relu else nn.Identity(),
+            nn.AdaptiveAvgPool2d((1, 1)),
         )
         self.num_features = channels
         self._init_weights(final_conv)
@@ -247,6 +253,7 @@ def build_squeezenet(
     fire_pairing: int | None = None,
     fire_specs: Sequence[Sequence[int]] | None = None,
     stem_channels: int | None = None,
+    final_relu: bool = True,
 ) -> SqueezeNet:
     """SqueezeNet from the paper's metaparameters on a given layout, optionally without some fires.
 
@@ -284,6 +291,7 @@ def build_squeezenet(
         final_conv_padding=final_conv_padding,
         fire_numbers=[n for n, _ in kept],
         fire_pairing=fire_pairing,
+        final_relu=final_relu,
     )
 
 

@@ -20,6 +20,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from squeezelab.utils.files import atomic_write, atomic_write_text  # noqa: E402
 
+from .runner import crashed, retried_trials  # noqa: E402
 from .study import StudySpec  # noqa: E402
 
 METRIC_COLUMNS = (
@@ -29,11 +30,11 @@ METRIC_COLUMNS = (
 
 
 def trial_rows(study: optuna.Study, spec: StudySpec) -> list[dict[str, Any]]:
-    """Finished and crashed trials (not those merely interrupted), axis values first, then metrics."""
+    """Finished and crashed trials (not those merely interrupted or retried), axis values first, then metrics."""
     rows = []
+    retried = retried_trials(study)
     for trial in study.get_trials(deepcopy=False):
-        crashed = trial.state == TrialState.FAIL and "error" in trial.user_attrs
-        if trial.state != TrialState.COMPLETE and not crashed:
+        if trial.state != TrialState.COMPLETE and not crashed(trial, retried):
             continue
         row: dict[str, Any] = {"trial": trial.number, "state": "ok" if trial.state == TrialState.COMPLETE else "failed"}
         row.update({name: trial.params.get(name) for name in spec.axes})

@@ -33,6 +33,7 @@ HEARTBEAT_SECONDS = 60
 GRACE_SECONDS = 180
 ERROR_ATTR = "error"
 QUEUED_ATTR = "queued"
+RETRIED_ATTR = "retried"
 SWEEP_COMPRESSION_BITS = 6
 
 
@@ -69,14 +70,16 @@ def run_study(
     *,
     workers: int = 1,
     storage_url: str | None = None,
+    retry_failed: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> optuna.Study:
     """Run every pending trial of ``spec`` (grid points x seeds, or ``n_trials`` random ones).
 
     Trials already finished in the storage are skipped; crashed trials stay recorded as failed with
-    their error. With the default local storage, trials left running by an interrupted run of this
-    study are taken as dead and queued again (their training resumes from its last checkpoint).
+    their error, unless ``retry_failed`` queues them again (after a fix; the failed record is kept but
+    no longer reported). With the default local storage, trials left running by an interrupted run of
+    this study are taken as dead and queued again (their training resumes from its last checkpoint).
     """
     root = Path(root)
     if workers < 1:
@@ -86,6 +89,8 @@ def run_study(
     if storage_url is None:
         _reclaim_running(study)
     optuna.storages.fail_stale_trials(study)
+    if retry_failed:
+        _mark_retried(study)
     queued = _queue_pending(study, spec)
     total = _planned_trials(spec)
     say = log or (lambda _message: None)
@@ -109,7 +114,15 @@ def run_study(
 
 def _record_spec(study: optuna.Study, spec: StudySpec) -> None:
     saved = study.user_attrs.get("spec")
-    current = {"axes": {k: _json_axis(v) for k, v in spec.axes.items()}, "seeds": spec.seeds, "base": spec.base, "search": spec.search}
+    if saved is not None:
+        saved.setdefault("per_model", {})  # studies recorded before per_model existed
+    current = {
+        "axes": {k: _json_axis(v) for k, v in spec.axes.items()},
+        "seeds": spec.seeds,
+        "base": spec.base,
+        "search": spec.search,
+        "per_model": spec.per_model,
+    }
     if saved is not None and saved != json.loads(json.dumps(current, default=str)):
         raise ValueError(
             f"{spec.source}: study {spec.name!r} already exists in this storage with different settings; "
@@ -139,18 +152,30 @@ def _reclaim_running(study: optuna.Study) -> None:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
-def _crashed(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and ERROR_ATTR in trial.user_attrs
+def _mark_retried(study: optuna.Study) -> None:
+    # A finished trial cannot be changed in Optuna, so the study keeps the list.
+    retried = retried_trials(study) | {t.number for t in study.get_trials(deepcopy=False) if crashed(t, set())}
+    study.set_user_attr(RETRIED_ATTR, sorted(retried))
+
+
+def retried_trials(study: optuna.Study) -> set[int]:
+    return set(study.user_attrs.get(RETRIED_ATTR, []))
+
+
+def crashed(trial: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
+    """A trial that raised and was not queued again since: its error is the point's result."""
+    return trial.state == TrialState.FAIL and ERROR_ATTR in trial.user_attrs and trial.number not in retried
 
 
 def _settled_points(study: optuna.Study) -> list[str]:
     """Keys of points that need no more work: finished, crashed, running, or already queued."""
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    retried = retried_trials(study)
     return [
         # A queued trial's values live in its system attrs until a worker starts it.
         point_key(t.params or t.system_attrs.get("fixed_params", {}))
         for t in study.get_trials(deepcopy=False)
-        if t.state in live or _crashed(t)
+        if t.state in live or crashed(t, retried)
     ]
 
 
@@ -161,8 +186,9 @@ def _queue_pending(study: optuna.Study, spec: StudySpec) -> int:
         pending = [{**p, "seed": s} for p in spec.grid() for s in spec.seeds]
     else:
         # Random points were sampled already; only those whose process died are queued again.
+        retried = retried_trials(study)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if not _crashed(trial) and trial.params:
+            if not crashed(trial, retried) and trial.params:
                 pending.append(trial.params)
     queued = 0
     for params in pending:
@@ -197,7 +223,11 @@ def _has_work(study: optuna.Study, spec: StudySpec) -> bool:
         return True
     if spec.search == "grid":
         return False
-    started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.PRUNED and not (t.state == TrialState.FAIL and not _crashed(t))]
+    retried = retried_trials(study)
+    started = [
+        t for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.PRUNED and not (t.state == TrialState.FAIL and not crashed(t, retried))
+    ]
     return len(started) < int(spec.n_trials or 0)
 
 

@@ -11,10 +11,13 @@ Example::
       model_kwargs.squeeze_ratio: [0.125, 0.25, 0.5, 0.75, 1.0]
       model: [squeezenet1_0_cifar]
     # random search: n_trials and ranges, e.g.  lr: {low: 0.01, high: 0.3, log: true}
+    per_model:                             # settings for one model only, over base and axes
+      squeezenet1_1_cifar: {model_kwargs: {batch_norm: all}}
 
 Axis names are ``TrainConfig`` fields (``model``, ``epochs``, ``lr``, ``augment`` ...) or builder
 arguments as ``model_kwargs.<name>`` (``squeeze_ratio``, ``pct_3x3``, ``bypass``, ``batch_norm``,
-``remove_fires``, ``width`` ...).
+``remove_fires``, ``width`` ...). ``per_model`` lets a study compare architectures whose builders take
+different arguments (batch norm is ``batch_norm: all`` for SqueezeNet, ``true`` for squeezed VGG).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class StudySpec:
     sampler_seed: int = 0
     compress: bool = False
     latency: bool = True
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "study"
 
     def __post_init__(self) -> None:
@@ -70,8 +74,20 @@ class StudySpec:
             raise ValueError(f"{self.source}: random search needs n_trials")
         for name in self.axes:
             _check_axis_name(name, self.source)
+        self._check_per_model()
         # Fail now, not in the middle of a study, if the base settings are invalid.
         TrainConfig.from_dict(self.base, source=f"{self.source}: base")
+
+    def _check_per_model(self) -> None:
+        models = set(self.axes.get("model") or []) | {self.base.get("model")}
+        for model, settings in self.per_model.items():
+            if model not in models:
+                raise ValueError(f"{self.source}: per_model names {model!r}, which is not a model of this study")
+            if not isinstance(settings, dict):
+                raise ValueError(f"{self.source}: per_model {model!r}: expected a mapping of training settings")
+            if "model" in settings:
+                raise ValueError(f"{self.source}: per_model {model!r}: the model itself cannot be overridden")
+            TrainConfig.from_dict({**self.base, **settings, "model": model}, source=f"{self.source}: per_model {model!r}")
 
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a grid study (without seeds), in a stable order."""
@@ -79,7 +95,7 @@ class StudySpec:
         return [dict(zip(names, values)) for values in itertools.product(*(self.axes[n] for n in names))]
 
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
-        """The base config with a trial's axis values applied (``seed`` included)."""
+        """The base config with a trial's axis values, then its model's ``per_model`` settings, applied."""
         settings = json.loads(json.dumps(self.base))
         kwargs = dict(settings.get("model_kwargs") or {})
         for name, value in params.items():
@@ -87,6 +103,9 @@ class StudySpec:
                 kwargs[name[len(MODEL_KWARGS_PREFIX):]] = value
             else:
                 settings[name] = value
+        overrides = dict(self.per_model.get(settings.get("model"), {}))
+        kwargs.update(overrides.pop("model_kwargs", None) or {})
+        settings.update(overrides)
         settings["model_kwargs"] = kwargs
         return TrainConfig.from_dict(settings, source=f"{self.source}: trial {params}")
 
@@ -99,7 +118,7 @@ class StudySpec:
             base_path = (path.parent / data["base"]).resolve()
             base = TrainConfig.load(base_path).to_dict()
         base.update(data.get("train") or {})
-        unknown = set(data) - {"name", "base", "train", "axes", "search", "seeds", "n_trials", "sampler_seed", "compress", "latency"}
+        unknown = set(data) - {"name", "base", "train", "axes", "search", "seeds", "n_trials", "sampler_seed", "compress", "latency", "per_model"}
         if unknown:
             raise ValueError(f"{path}: unknown study setting(s) {sorted(unknown)}")
         return cls(
@@ -112,6 +131,7 @@ class StudySpec:
             sampler_seed=int(data.get("sampler_seed", 0)),
             compress=bool(data.get("compress", False)),
             latency=bool(data.get("latency", True)),
+            per_model=dict(data.get("per_model") or {}),
             source=str(path),
         )
 

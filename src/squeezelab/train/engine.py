@@ -9,6 +9,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,7 @@ from .rundir import RunDir
 
 CHECK_EVERY = 20  # batches between host syncs for the progress bar and the NaN check
 RESUMABLE_KEYS_IGNORED = ("workers", "eval_batch_size", "device")  # settings that do not change the result
+DEAD_OUTPUT_EPOCHS = 3  # constant validation epochs in a row before a class output is called dead
 
 
 class NonFiniteLossError(ValueError):
@@ -110,6 +112,7 @@ def fit(
 
     say(f"training {config.model} on {loaders.splits.describe()} | {device}, amp {_dtype_name(amp)}, "
         f"{count_params(model):,} parameters, {config.epochs} epochs")
+    dead_outputs = _DeadOutputWatch(loaders.splits.class_names)
     try:
         for epoch in range(state.epoch, config.epochs):
             epoch_start = time.perf_counter()
@@ -117,6 +120,8 @@ def fit(
             loaders.train.set_epoch(epoch)
             train = _train_epoch(train_model, loaders.train, optimizer, scheduler, scaler, config, device, amp, epoch, show_bars)
             val = evaluate(model, loaders.val, device, amp=amp, channels_last=config.channels_last) if loaders.val else None
+            if val is not None:
+                dead_outputs.update(val["constant_outputs"], last_epoch=epoch + 1 == config.epochs)
             row = _history_row(epoch, train, val, optimizer, time.perf_counter() - epoch_start)
             state.history.append(row)
             improved = val is None or state.best_val_top1 is None or val["top1"] > state.best_val_top1
@@ -280,6 +285,36 @@ def _history_row(epoch: int, train: dict, val: dict | None, optimizer, seconds: 
         "epoch_time": seconds,
         "train_images": train["images"],
     }
+
+
+class _DeadOutputWatch:
+    """Warns (once per new class) about class outputs that stay constant over the validation set.
+
+    Early in training an output can be constant for an epoch or two and recover, so a class is reported
+    after ``DEAD_OUTPUT_EPOCHS`` constant epochs in a row, or if it is still constant at the last epoch.
+    """
+
+    def __init__(self, class_names: list[str] | None) -> None:
+        self.class_names = class_names
+        self.streaks: dict[int, int] = {}
+        self.reported: set[int] = set()
+
+    def update(self, constant: list[int], last_epoch: bool) -> None:
+        self.streaks = {c: self.streaks.get(c, 0) + 1 for c in constant}
+        dead = {c for c, epochs in self.streaks.items() if epochs >= DEAD_OUTPUT_EPOCHS or last_epoch}
+        if not self.reported.issuperset(dead):
+            self.reported |= dead
+            self._warn(sorted(dead))
+
+    def _warn(self, classes: list[int]) -> None:
+        names = [self.class_names[c] if self.class_names else str(c) for c in classes]
+        warnings.warn(
+            f"class output(s) {', '.join(names)} gave the same logit for every validation image (dead units); "
+            "behind a final ReLU, as in SqueezeNet's classifier, they get no gradient and stay dead. "
+            "Lower the learning rate or warm up longer, use AdamW, or build the model with final_relu=False.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _epoch_line(row: dict, epochs: int, best: bool) -> str:

@@ -28,7 +28,8 @@ def evaluate(
     """Evaluate any classifier returning ``(N, num_classes)`` logits on ``(images, labels)`` batches.
 
     Returns ``top1``, ``top5`` and ``loss`` (mean cross-entropy), ``per_class`` accuracy (None for classes
-    without images), the ``confusion`` matrix (rows: true class, columns: predicted), ``images``, ``seconds``
+    without images), the ``confusion`` matrix (rows: true class, columns: predicted), ``constant_outputs``
+    (classes whose logit was the same for every image: dead output units), ``images``, ``seconds``
     and end-to-end ``images_per_s`` (loading included). Percentages are in [0, 100]. A loader whose
     ``sharded`` attribute is True (a distributed evaluation loader) has its counts summed over processes.
     The model's train/eval mode is restored afterwards.
@@ -66,6 +67,8 @@ class _Tally:
         self.confusion: torch.Tensor | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.top5 = torch.zeros((), dtype=torch.int64, device=device)
+        self.logit_min: torch.Tensor | None = None
+        self.logit_max: torch.Tensor | None = None
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.dim() != 2:
@@ -73,6 +76,8 @@ class _Tally:
         classes = logits.shape[1]
         if self.confusion is None:
             self.confusion = torch.zeros((classes, classes), dtype=torch.int64, device=self.device)
+            self.logit_min = torch.full((classes,), float("inf"), device=self.device)
+            self.logit_max = torch.full((classes,), float("-inf"), device=self.device)
         if labels.numel() and int(labels.max()) >= classes:
             raise ValueError(f"label {int(labels.max())} is out of range: the model outputs {classes} classes")
         self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
@@ -80,12 +85,17 @@ class _Tally:
         self.confusion += torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
         top = logits.topk(min(5, classes), dim=1).indices
         self.top5 += (top == labels[:, None]).any(1).sum()
+        if len(logits):
+            self.logit_min = torch.minimum(self.logit_min, logits.min(0).values)
+            self.logit_max = torch.maximum(self.logit_max, logits.max(0).values)
 
     def all_reduce(self) -> None:
         if self.confusion is None:
             raise ValueError("evaluation loader is empty on this process")
         for tensor in (self.confusion, self.loss_sum, self.top5):
             dist.all_reduce(tensor)
+        dist.all_reduce(self.logit_min, op=dist.ReduceOp.MIN)
+        dist.all_reduce(self.logit_max, op=dist.ReduceOp.MAX)
 
     def summary(self, seconds: float) -> dict[str, Any]:
         if self.confusion is None:
@@ -102,6 +112,7 @@ class _Tally:
             "loss": float(self.loss_sum) / images,
             "per_class": per_class,
             "confusion": confusion.tolist(),
+            "constant_outputs": [] if images < 2 else torch.nonzero(self.logit_min == self.logit_max).flatten().tolist(),
             "images": images,
             "seconds": seconds,
             "images_per_s": images / seconds if seconds > 0 else float("inf"),
