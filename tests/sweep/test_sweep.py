@@ -124,10 +124,16 @@ def test_failed_trials_are_trained_again_only_when_asked(tmp_path, monkeypatch):
     assert "Failed trials" not in write_report(study, spec, tmp_path)["markdown"].read_text()
 
 
-def test_changed_study_under_same_name_is_refused(tmp_path):
+def test_study_grows_by_seeds_but_refuses_changed_settings(tmp_path):
     run_study(_spec({"model_kwargs.squeeze_ratio": [0.125]}), tmp_path, progress=False, log=None)
-    with pytest.raises(ValueError, match="different settings"):
-        run_study(_spec({"model_kwargs.squeeze_ratio": [0.25]}), tmp_path, progress=False, log=None)
+    grown = _spec({"model_kwargs.squeeze_ratio": [0.125]}, seeds=[0, 1])
+    study = run_study(grown, tmp_path, progress=False, log=None)
+    assert len(study.get_trials()) == 2 and [r["seed"] for r in trial_rows(study, grown)] == [0, 1]
+    narrowed = _spec({"model_kwargs.squeeze_ratio": [0.125]}, seeds=[1])
+    assert [r["seed"] for r in trial_rows(study, narrowed)] == [1]
+    changed = StudySpec(name="t", base={**TINY_TRAIN, "epochs": 2}, axes={"model_kwargs.squeeze_ratio": [0.125]})
+    with pytest.raises(ValueError, match="different base settings"):
+        run_study(changed, tmp_path, progress=False, log=None)
 
 
 def test_sweep_cli_runs_and_reports(tmp_path, capsys):

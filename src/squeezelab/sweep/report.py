@@ -20,7 +20,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from squeezelab.utils.files import atomic_write, atomic_write_text  # noqa: E402
 
-from .runner import crashed, retried_trials  # noqa: E402
+from .runner import crashed, grid_trials, retried_trials, trial_key, trial_params  # noqa: E402
 from .study import StudySpec  # noqa: E402
 
 METRIC_COLUMNS = (
@@ -30,15 +30,20 @@ METRIC_COLUMNS = (
 
 
 def trial_rows(study: optuna.Study, spec: StudySpec) -> list[dict[str, Any]]:
-    """Finished and crashed trials (not those merely interrupted or retried), axis values first, then metrics."""
+    """Finished and crashed trials (not those merely interrupted or retried) of the spec's points (a grid
+    study may have been narrowed since), axis values first, then metrics."""
     rows = []
     retried = retried_trials(study)
+    planned = {trial_key(params) for params in grid_trials(spec)} if spec.search == "grid" else None
     for trial in study.get_trials(deepcopy=False):
         if trial.state != TrialState.COMPLETE and not crashed(trial, retried):
             continue
+        params = trial_params(trial)
+        if planned is not None and trial_key(params) not in planned:
+            continue
         row: dict[str, Any] = {"trial": trial.number, "state": "ok" if trial.state == TrialState.COMPLETE else "failed"}
-        row.update({name: trial.params.get(name) for name in spec.axes})
-        row["seed"] = trial.params.get("seed")
+        row.update({name: params.get(name) for name in spec.axes})
+        row["seed"] = params.get("seed")
         row.update({name: trial.user_attrs.get(name) for name in METRIC_COLUMNS})
         row["error"] = trial.user_attrs.get("error", "")
         rows.append(row)

@@ -33,6 +33,7 @@ HEARTBEAT_SECONDS = 60
 GRACE_SECONDS = 180
 ERROR_ATTR = "error"
 QUEUED_ATTR = "queued"
+POINT_ATTR = "point"  # a queued trial's settings, kept outside Optuna's params (see _objective)
 RETRIED_ATTR = "retried"
 SWEEP_COMPRESSION_BITS = 6
 
@@ -113,22 +114,44 @@ def run_study(
 
 
 def _record_spec(study: optuna.Study, spec: StudySpec) -> None:
+    """Refuse a study whose finished results no longer mean the same thing; more seeds or grid values are fine."""
+    current = json.loads(json.dumps(
+        {
+            "axes": {k: _json_axis(v) for k, v in spec.axes.items()},
+            "seeds": spec.seeds,
+            "base": spec.base,
+            "search": spec.search,
+            "per_model": spec.per_model,
+        },
+        default=str,
+    ))
     saved = study.user_attrs.get("spec")
     if saved is not None:
         saved.setdefault("per_model", {})  # studies recorded before per_model existed
-    current = {
-        "axes": {k: _json_axis(v) for k, v in spec.axes.items()},
-        "seeds": spec.seeds,
-        "base": spec.base,
-        "search": spec.search,
-        "per_model": spec.per_model,
-    }
-    if saved is not None and saved != json.loads(json.dumps(current, default=str)):
-        raise ValueError(
-            f"{spec.source}: study {spec.name!r} already exists in this storage with different settings; "
-            "use another name or another --out directory"
-        )
-    study.set_user_attr("spec", json.loads(json.dumps(current, default=str)))
+        # A grid trial's result depends on its own axis values, the base and per_model settings only;
+        # a random study's sampled points depend on its axes too.
+        defining = ("base", "search", "per_model") + (("axes",) if spec.search == "random" else ())
+        changed = [key for key in defining if saved.get(key) != current[key]]
+        if changed:
+            raise ValueError(
+                f"{spec.source}: study {spec.name!r} already exists in this storage with different "
+                f"{', '.join(changed)} settings; use another name or another --out directory"
+            )
+    study.set_user_attr("spec", current)
+
+
+def grid_trials(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every trial of a grid study: its points times its seeds."""
+    return [{**point, "seed": seed} for point in spec.grid() for seed in spec.seeds]
+
+
+def trial_key(params: dict[str, Any]) -> str:
+    return point_key({k: _encode(v) for k, v in params.items()})
+
+
+def trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's axis values and seed (encoded as stored), wherever this or an older version put them."""
+    return trial.params or trial.user_attrs.get(POINT_ATTR) or trial.system_attrs.get("fixed_params", {})
 
 
 def _json_axis(values: list[Any] | Range) -> Any:
@@ -173,7 +196,7 @@ def _settled_points(study: optuna.Study) -> list[str]:
     retried = retried_trials(study)
     return [
         # A queued trial's values live in its system attrs until a worker starts it.
-        point_key(t.params or t.system_attrs.get("fixed_params", {}))
+        trial_key(trial_params(t))
         for t in study.get_trials(deepcopy=False)
         if t.state in live or crashed(t, retried)
     ]
@@ -183,18 +206,18 @@ def _queue_pending(study: optuna.Study, spec: StudySpec) -> int:
     settled = set(_settled_points(study))
     pending = []
     if spec.search == "grid":
-        pending = [{**p, "seed": s} for p in spec.grid() for s in spec.seeds]
+        pending = grid_trials(spec)
     else:
         # Random points were sampled already; only those whose process died are queued again.
         retried = retried_trials(study)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if not crashed(trial, retried) and trial.params:
-                pending.append(trial.params)
+            if not crashed(trial, retried) and trial_params(trial):
+                pending.append(trial_params(trial))
     queued = 0
     for params in pending:
         encoded = {k: _encode(v) for k, v in params.items()}
         if point_key(encoded) not in settled:
-            study.enqueue_trial(encoded, user_attrs={QUEUED_ATTR: True})
+            study.enqueue_trial(encoded, user_attrs={QUEUED_ATTR: True, POINT_ATTR: encoded})
             settled.add(point_key(encoded))
             queued += 1
     return queued
@@ -248,7 +271,10 @@ def _objective(trial: optuna.Trial, spec: StudySpec, root: Path, progress: bool)
     if spec.search == "grid" and not trial.user_attrs.get(QUEUED_ATTR):
         # Another worker took the last queued grid point between our check and this trial.
         raise optuna.TrialPruned("grid exhausted")
-    params = _suggest(trial, spec)
+    # Queued points are not passed through Optuna's suggest: its categorical choices may not change within
+    # a study, and adding seeds or grid values to a study must stay possible.
+    point = trial.user_attrs.get(POINT_ATTR)
+    params = {name: _decode(name, value, spec) for name, value in point.items()} if point else _suggest(trial, spec)
     try:
         metrics = run_trial(spec, params, StudyPaths(root).trial_dir({k: _encode(v) for k, v in params.items()}), progress)
     except Exception as exc:
