@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
     parser.add_argument("--fold-bn", action="store_true", help="store batch norms as eval-mode scale and shift")
     parser.add_argument("--amp", default="auto", help="fine-tuning autocast: auto, off, bf16 (as squeezelab train)")
+    parser.add_argument("--distill", type=float, default=0.0, help="weight of the dense model's soft targets in fine-tuning")
     parser.add_argument("--dsd-epochs", type=int, default=0, help="also run DSD: this many sparse and re-dense epochs")
     parser.add_argument("--dsd-density", type=float, default=0.5, help="DSD's sparse phase density")
     parser.add_argument("--threads", type=int, default=2)
@@ -95,7 +96,9 @@ def main() -> None:
         data=splits,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
-        train_config=finetune_config(args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp=args.amp),
+        train_config=finetune_config(
+            args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp=args.amp, distill=args.distill
+        ),
         run_dir=args.out / "runs",
         tensor_dtype=args.tensor_dtype,
         fold_batch_norm=args.fold_bn,
@@ -107,7 +110,8 @@ def main() -> None:
         f"model: {model.model_spec['name']} {json.dumps(model.model_spec['kwargs'])}",
         f"recipe: density {args.density}; bits {args.bits}; {args.prune_steps} prune steps; "
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
-        f"{args.finetune_epochs} fine-tuning epochs per stage at lr {args.lr}",
+        f"{args.finetune_epochs} fine-tuning epochs per stage at lr {args.lr}"
+        + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),
         f"dense fp32 model file: {dense_bytes:,} bytes; test top-1 {outcome.dense_metrics['top1']:.2f}% "
         f"({outcome.dense_metrics['images']:,} CIFAR-10 test images, JPEG copy)",
         f"compressed .sqz file:  {outcome.report.file_bytes:,} bytes; test top-1 {outcome.compressed_metrics['top1']:.2f}%",

@@ -145,6 +145,40 @@ def test_dead_class_output_is_reported_once(tiny_config):
     assert 3 in evaluate(model, build_loaders(splits, 64).val, "cpu")["constant_outputs"]
 
 
+class _AlwaysClassZero(nn.Module):
+    """A 'teacher' that ignores the image and is sure of class 0."""
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10, device=x.device)
+        logits[:, 0] = 10.0
+        return logits
+
+
+def test_distillation_follows_the_teacher_not_the_labels(tiny_config):
+    config = tiny_config.updated(optimizer="adamw", lr=0.01, epochs=3, distill=1.0, distill_temperature=1.0)
+    splits = build_run_data(config, progress=False)
+    model = build_run_model(config, splits)
+    result = fit(model, config, splits, None, progress=False, log=None, teacher=_AlwaysClassZero())
+    confusion = torch.tensor(result.test["confusion"])
+    assert confusion[:, 0].sum() == confusion.sum()  # every test image called class 0, as taught
+
+
+def test_distillation_from_a_model_file_and_its_errors(tiny_config, tmp_path):
+    teacher_run = tmp_path / "teacher"
+    train_from_config(tiny_config.updated(epochs=1), teacher_run, progress=False, log=None)
+    config = tiny_config.updated(epochs=1, distill=0.5, teacher=str(teacher_run / "best.pt"))
+    result = train_from_config(config, tmp_path / "student", progress=False, log=None)
+    assert result.test["images"] > 0
+    assert load_checkpoint(tmp_path / "student" / "last.pt")["config"]["teacher"] == str(teacher_run / "best.pt")
+    splits = build_run_data(tiny_config, progress=False)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        fit(build_run_model(tiny_config, splits), tiny_config.updated(distill=0.5), splits, None, progress=False, log=None)
+    with pytest.raises(ValueError, match="distill is 0"):
+        fit(build_run_model(tiny_config, splits), tiny_config, splits, None, progress=False, log=None, teacher=_AlwaysClassZero())
+    with pytest.raises(ValueError, match="distill: must be in"):
+        tiny_config.updated(distill=1.5)
+
+
 def test_quickstart_short_run(tmp_path):
     result = quickstart(tmp_path / "qs", epochs=1, progress=False, log=None)
     assert (tmp_path / "qs" / "results.json").is_file() and (tmp_path / "qs" / "curves.png").is_file()

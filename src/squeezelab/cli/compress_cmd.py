@@ -66,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compress.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps (each fine-tuned)")
     compress.add_argument("--lr", type=float, default=0.001, help="fine-tuning learning rate")
     compress.add_argument("--batch-size", type=int, default=128)
+    compress.add_argument(
+        "--distill", type=float, default=0.0, metavar="WEIGHT",
+        help="fine-tune on the dense model's soft targets too: their weight in [0, 1] (default 0: labels only)",
+    )
+    compress.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature (default 4)")
     compress.add_argument("--run-dir", type=Path, help="fine-tuning run directories (checkpoints, curves)")
     compress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
     compress.add_argument("--quiet", action="store_true")
@@ -144,7 +149,13 @@ def run_compress(args: argparse.Namespace) -> int:
         data=data,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
-        train_config=finetune_config(max(args.finetune_epochs, 1), lr=args.lr, batch_size=args.batch_size),
+        train_config=finetune_config(
+            max(args.finetune_epochs, 1),
+            lr=args.lr,
+            batch_size=args.batch_size,
+            distill=args.distill,
+            distill_temperature=args.distill_temperature,
+        ),
         run_dir=args.run_dir,
         index_coder=args.index_coder,
         position_coder=args.position_coder,

@@ -37,11 +37,15 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
-    """``fit`` the (pruned / weight-shared) model in place; returns fit's result (test metrics included)."""
+    """``fit`` the (pruned / weight-shared) model in place; returns fit's result (test metrics included).
+
+    With ``config.distill`` > 0, ``teacher`` (typically the dense model before compression) adds its soft
+    targets to the labels."""
     run_path = Path(run_dir) if run_dir is not None else None
     resume = resume and run_path is not None and (run_path / "last.pt").is_file()
-    return fit(model, config, data, run_path, resume=resume, progress=progress, log=log)
+    return fit(model, config, data, run_path, resume=resume, progress=progress, log=log, teacher=teacher)
 
 
 def distill(

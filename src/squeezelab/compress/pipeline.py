@@ -3,6 +3,7 @@ entropy-code to a ``.sqz`` file -> evaluate the model decoded from that file."""
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,10 @@ def compress_and_evaluate(
 
     ``keep_filters`` first removes whole filters (:func:`.structured.prune_filters`, then fine-tuning);
     with ``prune_steps`` > 1 pruning is iterative (each step followed by ``finetune_epochs`` of
-    fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more. With
-    ``data``, the dense model and the model decoded from the written file are evaluated on its test split.
+    fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more. If
+    ``train_config.distill`` > 0, fine-tuning also learns from the dense model's soft targets (a frozen copy
+    taken before any pruning). With ``data``, the dense model and the model decoded from the written file
+    are evaluated on its test split.
     """
     if finetune_epochs < 0 or prune_steps < 1:
         raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
@@ -93,12 +96,14 @@ def compress_and_evaluate(
     test_loader = build_loaders(data, EVAL_BATCH).test if data is not None else None
     dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
     config = finetune_config(finetune_epochs or 1, train_config)
+    teacher = copy.deepcopy(model).eval() if finetune_epochs and config.distill else None
     runs = Path(run_dir) if run_dir is not None else None
     results = []
 
     def tune(stage: str) -> None:
         if finetune_epochs:
-            result = finetune(model, data, config, runs / stage if runs else None, progress=progress, log=log)
+            stage_dir = runs / stage if runs else None
+            result = finetune(model, data, config, stage_dir, progress=progress, log=log, teacher=teacher)
             results.append(result.test)
 
     if keep_filters is not None:

@@ -55,6 +55,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # max global gradient norm
     accumulate: int = 1  # optimizer step every `accumulate` batches
+    # knowledge distillation (Hinton et al. 2015): loss = (1 - distill) * CE + distill * T^2 * KL(teacher || student)
+    distill: float = 0.0  # weight of the teacher's soft targets; 0 trains on labels only
+    distill_temperature: float = 4.0
+    teacher: str | None = None  # model file or checkpoint of the teacher (the Python API can pass a module)
     # execution
     device: str = "auto"
     amp: str = "auto"
@@ -82,6 +86,12 @@ class TrainConfig:
             raise ValueError(f"onecycle_pct_start: must be in (0, 1), got {self.onecycle_pct_start}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip: must be > 0 or null, got {self.grad_clip}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill: must be in [0, 1], got {self.distill}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature: must be > 0, got {self.distill_temperature}")
+        if self.teacher is not None and not self.distill:
+            raise ValueError("teacher: set, but distill is 0 (give the weight of the teacher's targets)")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

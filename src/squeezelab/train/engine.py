@@ -26,7 +26,7 @@ from squeezelab.data import DatasetSplits, Loaders, build_loaders, epoch_seed
 from squeezelab.models.profile import count_params
 from squeezelab.models.registry import ModelConfig
 
-from .checkpoint import BEST, LAST, load_checkpoint, load_weights
+from .checkpoint import BEST, LAST, load_checkpoint, load_trained_model, load_weights
 from .config import TrainConfig
 from .device import DistInfo, autocast, grad_scaler, init_distributed, resolve_amp, resolve_device
 from .evaluate import evaluate
@@ -75,6 +75,7 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     evaluate_test: bool = True,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train ``model`` as ``config`` says on ``data`` (splits, or loaders from ``build_loaders``).
 
@@ -83,7 +84,9 @@ def fit(
     training the model holds the weights of the epoch with the best validation top-1 and is evaluated once on
     the test split. With ``run_dir`` every epoch writes checkpoints, metrics and plots there (see
     ``squeezelab.train.rundir``); ``resume=True`` continues from ``run_dir/last.pt``. Under ``torchrun`` the
-    model is wrapped in ``DistributedDataParallel`` and only rank 0 writes files or logs.
+    model is wrapped in ``DistributedDataParallel`` and only rank 0 writes files or logs. With
+    ``config.distill`` > 0 the loss mixes in the soft targets of ``teacher`` (or of the model file named by
+    ``config.teacher``), which runs frozen in eval mode.
     """
     dist_info, own_group = _join_process_group(config)
     device = resolve_device(config.device, dist_info.local_rank)
@@ -109,6 +112,7 @@ def fit(
         state = _resume(run, model, optimizer, scheduler, scaler, config, say)
     run.write_config(config)
     train_model = _wrap(model, config, device, dist_info)
+    criterion = training_loss(config, _teacher(teacher, config), device, amp)
 
     say(f"training {config.model} on {loaders.splits.describe()} | {device}, amp {_dtype_name(amp)}, "
         f"{count_params(model):,} parameters, {config.epochs} epochs")
@@ -118,7 +122,7 @@ def fit(
             epoch_start = time.perf_counter()
             _seed_epoch(config.seed, epoch, dist_info.rank)
             loaders.train.set_epoch(epoch)
-            train = _train_epoch(train_model, loaders.train, optimizer, scheduler, scaler, config, device, amp, epoch, show_bars)
+            train = _train_epoch(train_model, loaders.train, criterion, optimizer, scheduler, scaler, config, device, amp, epoch, show_bars)
             val = evaluate(model, loaders.val, device, amp=amp, channels_last=config.channels_last) if loaders.val else None
             if val is not None:
                 dead_outputs.update(val["constant_outputs"], last_epoch=epoch + 1 == config.epochs)
@@ -218,7 +222,46 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     np.random.seed(value % (1 << 32))
 
 
-def _train_epoch(model, loader, optimizer, scheduler, scaler, config: TrainConfig, device, amp, epoch: int, show_bar: bool) -> dict:
+def _teacher(teacher: nn.Module | None, config: TrainConfig) -> nn.Module | None:
+    if teacher is None and config.teacher:
+        teacher = load_trained_model(config.teacher)
+    if teacher is not None and not config.distill:
+        raise ValueError("a teacher was given but distill is 0: set distill to the weight of its targets")
+    if teacher is None and config.distill:
+        raise ValueError(f"distill: {config.distill} needs a teacher (the teacher setting, a model file)")
+    return teacher
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def training_loss(config: TrainConfig, teacher: nn.Module | None, device: torch.device, amp: torch.dtype | None) -> Loss:
+    """``loss(logits, images, labels)``: cross-entropy, mixed with the teacher's softened targets if any."""
+
+    def labels_only(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+
+    if teacher is None:
+        return labels_only
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    if config.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    temperature, weight = config.distill_temperature, config.distill
+
+    def with_teacher(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(device, amp):
+            targets = teacher(images)
+        if targets.shape != logits.shape:
+            raise ValueError(f"teacher: outputs shape {tuple(targets.shape)}, the model {tuple(logits.shape)}")
+        student = F.log_softmax(logits.float() / temperature, 1)
+        soft = F.kl_div(student, F.log_softmax(targets.float() / temperature, 1), log_target=True, reduction="batchmean")
+        # T^2 keeps the soft term's gradients on the scale of the hard term's (Hinton et al.)
+        return (1 - weight) * labels_only(logits, images, labels) + weight * temperature**2 * soft
+
+    return with_teacher
+
+
+def _train_epoch(model, loader, criterion: Loss, optimizer, scheduler, scaler, config: TrainConfig, device, amp, epoch: int, show_bar: bool) -> dict:
     model.train()
     batches = len(loader)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -240,7 +283,7 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, config: TrainConfi
             with sync:
                 with autocast(device, amp):
                     logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                loss = criterion(logits, images, labels)
                 scaler.scale(loss / config.accumulate).backward()
             if step_now:
                 if config.grad_clip:
@@ -373,8 +416,10 @@ def _resume(run: RunDir, model, optimizer, scheduler, scaler, config: TrainConfi
 
 
 def _check_same_config(saved: dict[str, Any], config: TrainConfig, source: Path) -> None:
-    # Compare as JSON: tuples in model_kwargs come back from a YAML config as lists.
-    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(config.to_dict()))
+    # Compare as JSON: tuples in model_kwargs come back from a YAML config as lists. A setting added to
+    # TrainConfig after the run started is absent from its checkpoint: it had the default value.
+    saved = json.loads(json.dumps({**TrainConfig().to_dict(), **saved}))
+    current = json.loads(json.dumps(config.to_dict()))
     changed = sorted(k for k in current if k not in RESUMABLE_KEYS_IGNORED and saved.get(k) != current[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
