@@ -36,6 +36,7 @@ from squeezelab.compress import parse_bits_spec, parse_density_spec, plain_copy
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
 from squeezelab.compress.pipeline import compress_and_evaluate
+from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_datasets, dataset_options_from_config
 from squeezelab.models import create_model
 from squeezelab.models.files import save_model
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--tensor-dtype", choices=("float32", "float16"), default="float16", help="biases, batch norm")
+    parser.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float16", help="biases, batch norm")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
     parser.add_argument("--fold-bn", action="store_true", help="store batch norms as eval-mode scale and shift")
     parser.add_argument("--amp", default="auto", help="fine-tuning autocast: auto, off, bf16 (as squeezelab train)")

@@ -67,6 +67,27 @@ def test_float16_tensors_and_coder_choices(tmp_path):
         assert torch.equal(decoded[key], expected), key
 
 
+def test_uint8_tensors_are_within_half_a_step_in_a_quarter_of_the_bytes(tmp_path):
+    model = _compressed(batch_norm="all")
+    torch.manual_seed(2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 3.0)
+            module.bias.data.normal_()
+    full = save_compressed(model, tmp_path / "full.sqz")
+    codes = save_compressed(model, tmp_path / "uint8.sqz", tensor_dtype="uint8")
+    assert codes.other_tensor_bytes < 0.4 * full.other_tensor_bytes
+    decoded = load_compressed(tmp_path / "uint8.sqz").state_dict()
+    coded_weights = {f"{name}.weight" for name in shared_layers(model)}
+    for key, value in plain_state_dict(model).items():
+        if key in coded_weights or not value.is_floating_point():
+            assert torch.equal(decoded[key], value), key
+        else:
+            half_step = (value.max() - value.min()) / 255 / 2
+            assert torch.all((decoded[key] - value).abs() <= half_step + 1e-6), key
+            assert decoded[key].min() == pytest.approx(float(value.min()), abs=1e-6)
+
+
 def test_folded_batch_norm_keeps_eval_outputs_in_fewer_bytes(tmp_path):
     model = _compressed(batch_norm="all")
     torch.manual_seed(1)

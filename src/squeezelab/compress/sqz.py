@@ -10,7 +10,8 @@ Layout (little-endian)::
 
 Weight-shared layers store only their kept weights: the cluster index of each (entropy-coded) and the
 sparsity pattern (entropy-coded, see :mod:`.positions`). Biases, batch-norm parameters and any layer
-without weight sharing are stored raw as float32 or, if asked, float16. Decoding rebuilds the model
+without weight sharing are stored raw as float32 or, if asked, float16 or 8-bit linear codes (per
+tensor: float32 minimum and step, then one uint8 per value). Decoding rebuilds the model
 from its registered name and arguments; it never executes code from the file.
 """
 
@@ -43,6 +44,10 @@ FORMAT_VERSION = 1
 HEADER = struct.Struct("<4sHHI")
 CHECKSUM = struct.Struct("<I")
 TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+# How floating-point tensors other than the coded weights may be stored (``uint8``: linear 8-bit codes).
+FLOAT_STORAGE = ("float32", "float16", "uint8")
+LINEAR_RANGE = struct.Struct("<ff")  # minimum, step of a uint8-coded tensor
+UINT8_LEVELS = 255
 
 
 class CompressedFileError(ValueError):
@@ -71,15 +76,16 @@ def save_compressed(
     """Write ``model`` (its weight-shared layers entropy-coded, see :func:`quantize`) to ``path``.
 
     ``index_coder`` is ``"huffman"``, ``"ans"`` or ``"auto"`` (smaller per layer); ``position_coder``
-    see :data:`.positions.POSITION_CODERS`. ``tensor_dtype`` (``"float32"`` or ``"float16"``) is how
-    biases and other small tensors are stored; float16 rounds them (the decoded model then differs from
-    ``model`` by that rounding only). ``fold_batch_norm`` stores each batch norm as the per-channel scale
+    see :data:`.positions.POSITION_CODERS`. ``tensor_dtype`` (``"float32"``, ``"float16"`` or ``"uint8"``)
+    is how biases and other small tensors are stored; float16 rounds them, uint8 maps each tensor linearly
+    onto 256 levels between its minimum and maximum (error at most half a step; the decoded model then
+    differs from ``model`` by that rounding only). ``fold_batch_norm`` stores each batch norm as the per-channel scale
     and shift it applies in eval mode (half its four tensors); the decoded layer gets running mean 0 and
     variance ``1 - eps``, so its outputs in eval mode are unchanged (training it again starts from those
     statistics instead of the original ones).
     """
-    if tensor_dtype not in ("float32", "float16"):
-        raise ValueError(f"tensor_dtype must be 'float32' or 'float16', got {tensor_dtype!r}")
+    if tensor_dtype not in FLOAT_STORAGE:
+        raise ValueError(f"tensor_dtype must be one of {', '.join(FLOAT_STORAGE)}, got {tensor_dtype!r}")
     shared = shared_layers(model)
     if not shared:
         raise ValueError("the model has no weight-shared layer: run squeezelab.compress.quantize(model, bits) first")
@@ -155,8 +161,23 @@ def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: st
 
 
 def _tensor_bytes(tensor: torch.Tensor, dtype: str) -> bytes:
+    if dtype == "uint8":
+        return _linear_codes(tensor.detach().cpu().double().flatten())
     array = tensor.detach().cpu().to(TENSOR_DTYPES[dtype]).contiguous().numpy()
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def _linear_codes(values: torch.Tensor) -> bytes:
+    low = float(values.min()) if values.numel() else 0.0
+    step = (float(values.max()) - low) / UINT8_LEVELS if values.numel() else 0.0
+    codes = torch.zeros_like(values) if step == 0 else torch.round((values - low) / step)
+    return LINEAR_RANGE.pack(low, step) + codes.to(torch.uint8).numpy().tobytes()
+
+
+def _from_linear_codes(raw: bytes, shape: list[int]) -> torch.Tensor:
+    low, step = LINEAR_RANGE.unpack(raw[: LINEAR_RANGE.size])
+    codes = np.frombuffer(raw[LINEAR_RANGE.size :], dtype=np.uint8).astype(np.float64)
+    return torch.from_numpy((low + step * codes).astype(np.float32).reshape(shape))
 
 
 def _assemble(metadata: dict[str, Any], sections: list[bytes]) -> bytes:
@@ -229,7 +250,12 @@ def _unfolded_state(state: dict[str, torch.Tensor], model: nn.Module, names: lis
 
 
 def _tensor_nbytes(dtype: str, shape: list[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=TENSOR_DTYPES[dtype]).element_size()
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype == "uint8":
+        return LINEAR_RANGE.size + count
+    if dtype not in TENSOR_DTYPES:
+        raise CompressedFileError(f"unknown tensor storage {dtype!r}")
+    return count * torch.empty(0, dtype=TENSOR_DTYPES[dtype]).element_size()
 
 
 def _is_buffer_key(key: str) -> bool:
@@ -349,13 +375,18 @@ def _decode_body(
     tensors = {}
     for key, dtype, shape in metadata["tensors"]:
         _check_shape(key, shape, shapes)
-        raw = reader.take(_tensor_nbytes(dtype, shape))
-        array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
-        tensor = torch.from_numpy(array.reshape(shape))
-        tensors[key] = tensor.float() if dtype == "float16" else tensor
+        tensors[key] = _decode_tensor(reader.take(_tensor_nbytes(dtype, shape)), dtype, shape)
     if reader.offset != len(body):
         raise CompressedFileError(f"{len(body) - reader.offset} unexpected bytes after the last section")
     return layers, tensors
+
+
+def _decode_tensor(raw: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
+    if dtype == "uint8":
+        return _from_linear_codes(raw, shape)
+    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
+    tensor = torch.from_numpy(array.reshape(shape))
+    return tensor.float() if dtype == "float16" else tensor
 
 
 def _check_shape(key: str, shape: list[int], shapes: dict[str, tuple[int, ...]]) -> None:
