@@ -136,6 +136,18 @@ def test_study_grows_by_seeds_but_refuses_changed_settings(tmp_path):
         run_study(changed, tmp_path, progress=False, log=None)
 
 
+def test_study_recorded_before_a_new_training_setting_reopens(tmp_path):
+    spec = StudySpec(name="t", base={**TINY_TRAIN, "distill": 0.0}, axes={"model_kwargs.squeeze_ratio": [0.125]}, latency=False)
+    study = run_study(spec, tmp_path, progress=False, log=None)
+    recorded = study.user_attrs["spec"]
+    del recorded["base"]["distill"]  # as written by a version without that setting
+    study.set_user_attr("spec", recorded)
+    assert len(run_study(spec, tmp_path, progress=False, log=None).get_trials()) == 1
+    changed = StudySpec(name="t", base={**TINY_TRAIN, "distill": 0.5, "teacher": "t.pt"}, axes=spec.axes)
+    with pytest.raises(ValueError, match="different base settings"):
+        run_study(changed, tmp_path, progress=False, log=None)
+
+
 def test_sweep_cli_runs_and_reports(tmp_path, capsys):
     study = _write_study(tmp_path / "study.json", {"model_kwargs.squeeze_ratio": [0.125]}, latency=True, compress=True)
     assert main(["sweep", str(study), "--out", str(tmp_path / "out"), "--quiet"]) == 0

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from squeezelab.bench.timing import interleaved_timings
 from squeezelab.compress import DEEP_COMPRESSION_DENSITIES, prune, quantize, save_compressed
 from squeezelab.models import count_macs, count_params
-from squeezelab.train import train_from_config
+from squeezelab.train import TrainConfig, train_from_config
 
 from .study import Range, StudySpec, point_key
 
@@ -128,6 +128,10 @@ def _record_spec(study: optuna.Study, spec: StudySpec) -> None:
     saved = study.user_attrs.get("spec")
     if saved is not None:
         saved.setdefault("per_model", {})  # studies recorded before per_model existed
+        # Training settings added since the study was recorded had their default value.
+        defaults = json.loads(json.dumps(TrainConfig().to_dict(), default=str))
+        added = {k: defaults[k] for k in current["base"] if k in defaults and k not in saved["base"]}
+        saved["base"] = {**added, **saved["base"]}
         # A grid trial's result depends on its own axis values, the base and per_model settings only;
         # a random study's sampled points depend on its axes too.
         defining = ("base", "search", "per_model") + (("axes",) if spec.search == "random" else ())
