@@ -87,7 +87,7 @@ def markdown_table(rows: list[dict[str, Any]], spec: StudySpec) -> str:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[json.dumps([row[a] for a in spec.axes], default=str)].append(row)
-    header = [*(a.split(".")[-1] for a in spec.axes), "seeds", "params", "fp32 MB", "MMACs", "val top-1 %", "test top-1 %", "train s", "failed"]
+    header = [*(a.split(".")[-1] for a in spec.axes), "seeds", "params", "fp32 MB", "MMACs", "val top-1 %", "test top-1 %", "train s", "s/epoch", "failed"]
     if any(r.get("compressed_bytes") for r in rows):
         header.insert(header.index("MMACs"), "compressed kB")
     lines = [f"Study `{spec.name}`: {spec.base.get('dataset')}, {spec.base.get('epochs')} epochs per trial"
@@ -103,7 +103,8 @@ def markdown_table(rows: list[dict[str, Any]], spec: StudySpec) -> str:
             if "compressed kB" in header:
                 cells.append(_mean_std([m["compressed_bytes"] / 1e3 for m in ok if m.get("compressed_bytes")]))
             cells += [f"{ok[0]['macs'] / 1e6:.1f}", _mean_std([m["val_top1"] for m in ok]),
-                      _mean_std([m["test_top1"] for m in ok if m["test_top1"] is not None]), _mean_std([m["train_seconds"] for m in ok], 0)]
+                      _mean_std([m["test_top1"] for m in ok if m["test_top1"] is not None]), _mean_std([m["train_seconds"] for m in ok], 0),
+                      _mean_std([m["train_seconds"] / m["epochs"] for m in ok], 1)]
         else:
             cells += ["-"] * (len(header) - len(cells) - 1)
         cells.append(str(len(members) - len(ok)))
