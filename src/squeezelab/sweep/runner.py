@@ -199,7 +199,7 @@ def _settled_points(study: optuna.Study) -> list[str]:
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
     retried = retried_trials(study)
     return [
-        # A queued trial's values live in its system attrs until a worker starts it.
+        # A queued trial has no Optuna params until a worker starts it (or ever, see _objective).
         trial_key(trial_params(t))
         for t in study.get_trials(deepcopy=False)
         if t.state in live or crashed(t, retried)
