@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compress.add_argument("--init", choices=KMEANS_INITS, default="optimal", help="k-means: optimal (exact 1-D) or Han's linear init")
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
-    compress.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float32", help="biases, BN (uint8: linear 8-bit codes per tensor)")
+    compress.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float32", help="biases, BN (uint8: linear 8-bit codes per tensor; check the accuracy)")
     compress.add_argument(
         "--fold-bn", action="store_true", help="store each batch norm as its eval-mode scale and shift (half the bytes)"
     )
