@@ -23,6 +23,9 @@ def test_config_errors_name_the_file_and_setting(tmp_path):
         TrainConfig.load(path)
     path.write_text("weight_decay: 5e-4\n")  # YAML 1.1 reads this as a string
     assert TrainConfig.load(path).weight_decay == 5e-4
+    path.write_text("cutout: -2\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: cutout: must be a whole number of pixels >= 0, got -2"):
+        TrainConfig.load(path)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         TrainConfig.load(tmp_path / "missing.yaml")
 

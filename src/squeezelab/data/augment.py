@@ -52,10 +52,16 @@ class Normalization:
 
 @dataclass(frozen=True)
 class BatchAugment:
-    """Random crop after zero padding by ``padding`` pixels, and horizontal flip with probability 0.5."""
+    """Random crop after zero padding by ``padding`` pixels, horizontal flip with probability 0.5, and
+    Cutout (DeVries & Taylor 2017) of a ``cutout`` x ``cutout`` square when ``cutout`` > 0."""
 
     padding: int = 4
     flip: bool = True
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cutout < 0:
+            raise ValueError(f"cutout must be >= 0 pixels, got {self.cutout}")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.padding:
@@ -64,6 +70,22 @@ class BatchAugment:
             flip = torch.rand(len(images), generator=generator) < 0.5
             images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         return images
+
+    def erase(self, normalized: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Cutout on normalised images, so the square holds the data set's mean (0), not black."""
+        return cutout(normalized, self.cutout, generator) if self.cutout else normalized
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image with a ``size`` x ``size`` square set to 0, centred on a uniformly drawn pixel and clipped
+    at the borders (so squares near an edge are smaller, as in the original Cutout)."""
+    n, _, h, w = images.shape
+    top = torch.randint(0, h, (n, 1, 1), generator=generator) - size // 2
+    left = torch.randint(0, w, (n, 1, 1), generator=generator) - size // 2
+    rows = torch.arange(h).view(1, h, 1) - top
+    cols = torch.arange(w).view(1, 1, w) - left
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+    return images.masked_fill(inside.unsqueeze(1), 0.0)
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,9 +113,10 @@ class BatchCollate:
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         images, targets = _stack(batch)
-        if self.augment is not None:
-            images = self.augment(images, self._generator())
-        return self.normalization(images), targets
+        if self.augment is None:
+            return self.normalization(images), targets
+        generator = self._generator()
+        return self.augment.erase(self.normalization(self.augment(images, generator)), generator), targets
 
     def _generator(self) -> torch.Generator:
         # In a worker process every worker holds a copy of the same generator; seed it from the worker's own

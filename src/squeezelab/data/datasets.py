@@ -136,6 +136,7 @@ def build_datasets(
     val_fraction: float = 0.1,
     seed: int = 0,
     augment: bool = True,
+    cutout: int = 0,
     limit: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -159,6 +160,8 @@ def build_datasets(
             default: the data set's own. Grayscale/colour is converted to ``in_chans``.
         val_fraction, seed: the stratified validation split carved from the training data.
         augment: random crop + flip (ImageNet-style RandomResizedCrop for large inputs) on training data.
+        cutout: with ``augment``, also blank a random square of this side (pixels) in each training image
+            (Cutout; in-memory data only).
         limit: use at most this many images of the training pool and of the test set (quick runs, tests).
         mean, std: normalisation (default: per-channel statistics of the training pool for in-memory data,
             ImageNet's otherwise); ``channel_order``/``pixel_scale`` as in :class:`ModelConfig` (Caffe models).
@@ -197,7 +200,9 @@ def build_datasets(
     Normalization(tuple(mean), tuple(std), channel_order, pixel_scale)  # validates before any training starts
     if len(mean) != chans:
         raise ValueError(f"mean/std have {len(mean)} values but the model takes {chans} channels")
-    batch_augment = BatchAugment(padding=max(1, round(max(size) / 8)), flip=source.flip) if augment and in_memory else None
+    if cutout and not (augment and in_memory):
+        raise ValueError(f"cutout={cutout}: needs augment on and in-memory data (input side <= {IN_MEMORY_MAX_SIDE} px)")
+    batch_augment = BatchAugment(max(1, round(max(size) / 8)), source.flip, cutout) if augment and in_memory else None
     return DatasetSplits(
         train=train,
         val=val,

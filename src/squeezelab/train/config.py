@@ -32,6 +32,7 @@ class TrainConfig:
     in_chans: int | None = None  # None: the model's default
     val_fraction: float = 0.1
     augment: bool = True
+    cutout: int = 0  # side in pixels of the Cutout square (0: off); CIFAR-10's usual value is 16
     limit: int | None = None
     workers: int | None = None
     # optimisation
@@ -76,6 +77,8 @@ class TrainConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if not isinstance(self.cutout, int) or self.cutout < 0:
+            raise ValueError(f"cutout: must be a whole number of pixels >= 0, got {self.cutout!r}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.label_smoothing < 0 or self.label_smoothing >= 1:

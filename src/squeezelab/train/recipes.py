@@ -51,6 +51,7 @@ def build_run_data(config: TrainConfig, progress: bool = True) -> DatasetSplits:
         val_fraction=config.val_fraction,
         seed=config.seed,
         augment=config.augment,
+        cutout=config.cutout,
         limit=config.limit,
         progress=progress,
     )
