@@ -105,6 +105,8 @@ def test_density_spec_parsing_and_errors():
         prune(tiny_model(), {"conv3by3": 0.5})
     with pytest.raises(ValueError, match="named feat"):  # a prefix must end at a module boundary
         prune(tiny_model(), {"feat": 0.5})
+    with pytest.raises(ValueError, match=r"layers are features\.0, .*, \.\.\., classifier\.1 \(\d+ in all"):
+        prune(tiny_model(), {"conv3by3": 0.5})  # long layer lists are abridged, the message stays readable
 
 
 def test_density_keys_by_module_prefix_then_kind_then_default():

@@ -58,7 +58,51 @@ def test_identity_bypass_models_only_lose_squeeze_filters():
 
 
 def test_rejects_unsupported_models():
-    with pytest.raises(ValueError, match="SqueezeNet-family"):
+    with pytest.raises(ValueError, match="a SqueezeNet or SqueezeNext model"):
         prune_filters(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), 0.5)
     with pytest.raises(ValueError, match="keep fraction"):
         prune_filters(tiny_model(), {"stem": 0.0})
+
+
+def _tiny_squeezenext() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model("squeezenext_generator", depths=[1, 2, 1, 1], width=0.25, num_classes=10, in_chans=1, stem="cifar")
+    for module in model.modules():  # non-trivial statistics, so a wrong slice shows in the outputs
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_squeezenext_blocks_lose_inner_filters_and_keep_their_outputs(tmp_path):
+    model = _tiny_squeezenext()
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.equal(prune_filters(model, 1.0).eval()(x), model(x))
+    smaller = prune_filters(model, {"features.stage2": 0.5, "conv1x3": 0.75}).eval()
+    assert count_params(smaller) < count_params(model)
+    big, small = model.features.stage2[1], smaller.features.stage2[1]
+    assert small.body.squeeze1.conv.out_channels == big.body.squeeze1.conv.out_channels // 2
+    assert small.body.squeeze2.conv.in_channels == small.body.squeeze1.conv.out_channels
+    assert small.body.expand.conv.out_channels == big.body.expand.conv.out_channels  # the residual sum
+    assert smaller.model_spec["kwargs"]["block_widths"][1] == [c.conv.out_channels for c in smaller.features.stage2[0].body[:4]]
+    # Cutting filters whose outputs are zero anyway (weights and BN shift zeroed) leaves the function unchanged.
+    squeeze = model.features.stage3[0].body.squeeze1
+    weakest = squeeze.conv.weight.abs().flatten(1).sum(1).argsort()[: squeeze.conv.out_channels // 4]
+    with torch.no_grad():
+        squeeze.conv.weight[weakest] = 0
+        squeeze.bn.bias[weakest] = -10.0  # ReLU(negative) = 0 whatever the statistics
+    pruned = prune_filters(model, {"features.stage3.0.body.squeeze1.conv": 0.75}).eval()
+    torch.testing.assert_close(pruned(x), model(x))
+    save_model(pruned, tmp_path / "small.pt")
+    torch.testing.assert_close(load_model(tmp_path / "small.pt").eval()(x), pruned(x))
+    prune(pruned, 0.5)
+    quantize(pruned, 4)
+    save_compressed(pruned, tmp_path / "small.sqz")
+    torch.testing.assert_close(load_compressed(tmp_path / "small.sqz")(x), pruned(x))
+
+
+def test_squeezenext_block_widths_are_checked():
+    with pytest.raises(ValueError, match="block_widths: expected one entry per block"):
+        create_model("squeezenext_generator", depths=[1, 1, 1, 1], width=0.25, block_widths=[[1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="block widths must be 4 positive"):
+        create_model("squeezenext_generator", depths=[1, 1, 1, 1], width=0.25, block_widths=[[1, 1, 1, 0]] * 4)

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(Han's |w| < 0.7 std rule) or deep-compression (the released SqueezeNet's densities); default: no pruning",
     )
     compress.add_argument(
-        "--keep-filters", help="structured pruning first (SqueezeNet family): fraction of filters kept, 0.75 or conv1x1=0.5,..."
+        "--keep-filters", help="structured pruning first (SqueezeNet, SqueezeNext): fraction of filters kept, 0.75 or conv1x1=0.5,..."
     )
     compress.add_argument("--bits", default="5", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
     compress.add_argument("--init", choices=KMEANS_INITS, default="optimal", help="k-means: optimal (exact 1-D) or Han's linear init")

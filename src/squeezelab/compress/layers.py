@@ -58,7 +58,7 @@ def resolve_per_layer(model: nn.Module, spec: T | Mapping[str, T], what: str) ->
     if unknown:
         raise ValueError(
             f"{what}: no layer, module or layer kind named {', '.join(unknown)}; "
-            f"kinds are {sorted(kind_names)}, layers are {list(kinds)}"
+            f"kinds are {sorted(kind_names)}, layers are {_abridged(list(kinds))}"
         )
     resolved = {}
     for name, layer_kind_list in kinds.items():
@@ -68,6 +68,12 @@ def resolve_per_layer(model: nn.Module, spec: T | Mapping[str, T], what: str) ->
                 resolved[name] = spec[key]
                 break
     return resolved
+
+
+def _abridged(names: list[str], shown: int = 6) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown - 1])}, ..., {names[-1]} ({len(names)} in all; `squeezelab info MODEL` lists them)"
 
 
 def _inside(layer: str, prefix: str) -> bool:

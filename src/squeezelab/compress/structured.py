@@ -10,6 +10,10 @@ rebuilds it anywhere, and it trains, saves and loads like any other model.
 
 Models with a simple (identity) bypass only have their squeeze layers and stem pruned: an identity
 bypass needs a fire's input and output channels to stay aligned.
+
+In a SqueezeNext block the four inner convolutions (two squeezes and the two separable convolutions)
+are pruned, each removing the matching input columns of the next; the expand convolution keeps its
+outputs, which the residual shortcut adds to. The smaller model is rebuilt with explicit ``block_widths``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn as nn
 from squeezelab.models.fire import Fire, FirePair
 from squeezelab.models.registry import create_model
 from squeezelab.models.squeezenet import FIRST_FIRE, SqueezeNet
+from squeezelab.models.squeezenext import INNER_CONVS, SqueezeNext, SqueezeNextBlock
 
 from .layers import resolve_per_layer
 from .pruning import plain_state_dict
@@ -36,29 +41,57 @@ def prune_filters(model: nn.Module, keep: float | Mapping[str, float]) -> nn.Mod
     ``conv1x1``, ``conv3x3``, ...; see :mod:`.layers`). The classifier keeps its outputs (the classes);
     every layer keeps at least one filter. ``model`` is not changed.
     """
+    if isinstance(model, SqueezeNext) and hasattr(model, "model_spec"):
+        return _prune_squeezenext(model, keep)
     fires = _fires(model)
     prunable = _prunable_convs(model, fires)
-    fractions = {name: f for name, f in resolve_per_layer(model, keep, "keep").items() if name in prunable}
+    kept = _kept_filters(model, prunable, keep)
+    kwargs = dict(model.model_spec.get("kwargs", {}))
+    kwargs["fire_specs"] = [[len(kept[f"{p}.squeeze"]), *_expand_counts(fire, p, kept)] for p, fire in fires]
+    kwargs["stem_channels"] = len(kept["features.0"])
+    kwargs["fire_specs"] = _with_removed_fires(kwargs["fire_specs"], kwargs.get("remove_fires", ()))
+    return _rebuilt(model, kwargs, _slices(model, fires, kept))
+
+
+def _prune_squeezenext(model: SqueezeNext, keep: float | Mapping[str, float]) -> nn.Module:
+    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, SqueezeNextBlock)]
+    prunable = [f"{name}.body.{conv}.conv" for name, _ in blocks for conv in INNER_CONVS]
+    kept = _kept_filters(model, prunable, keep)
+    slices: Slices = {}
+    for name, _ in blocks:
+        previous = None
+        for conv in INNER_CONVS:
+            outputs = kept[f"{name}.body.{conv}.conv"]
+            slices[f"{name}.body.{conv}.conv"] = (outputs, previous)
+            slices[f"{name}.body.{conv}.bn"] = (outputs, None)
+            previous = outputs
+        slices[f"{name}.body.expand.conv"] = (None, previous)
+    kwargs = dict(model.model_spec.get("kwargs", {}))
+    kwargs["block_widths"] = [[len(kept[f"{name}.body.{conv}.conv"]) for conv in INNER_CONVS] for name, _ in blocks]
+    return _rebuilt(model, kwargs, slices)
+
+
+def _kept_filters(model: nn.Module, prunable: list[str], keep: float | Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """The indices of the filters each prunable layer keeps (all of them where ``keep`` says nothing)."""
+    fractions = {name: f for name, f in resolve_per_layer(model, keep, "keep_filters").items() if name in prunable}
     for name, fraction in fractions.items():
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"keep fraction for {name} must be in (0, 1], got {fraction}")
     state = plain_state_dict(model)
-    kept = {name: _strongest_filters(state[f"{name}.weight"], fractions.get(name, 1.0)) for name in prunable}
-    slices = _slices(model, fires, kept)
-    spec = model.model_spec
-    kwargs = dict(spec.get("kwargs", {}))
-    kwargs["fire_specs"] = [[len(kept[f"{p}.squeeze"]), *_expand_counts(fire, p, kept)] for p, fire in fires]
-    kwargs["stem_channels"] = len(kept["features.0"])
-    kwargs["fire_specs"] = _with_removed_fires(kwargs["fire_specs"], kwargs.get("remove_fires", ()))
-    smaller = create_model(spec["name"], **kwargs)
-    smaller.load_state_dict(_sliced_state(state, slices, smaller.state_dict()))
+    return {name: _strongest_filters(state[f"{name}.weight"], fractions.get(name, 1.0)) for name in prunable}
+
+
+def _rebuilt(model: nn.Module, kwargs: dict, slices: Slices) -> nn.Module:
+    """The registry's model of the same name built with ``kwargs``, holding ``model``'s sliced weights."""
+    smaller = create_model(model.model_spec["name"], **kwargs)
+    smaller.load_state_dict(_sliced_state(plain_state_dict(model), slices, smaller.state_dict()))
     smaller.default_cfg = model.default_cfg
     return smaller.train(model.training)
 
 
 def _fires(model: nn.Module) -> list[tuple[str, Fire]]:
     if not isinstance(model, SqueezeNet) or not hasattr(model, "model_spec"):
-        raise ValueError("structured pruning needs a SqueezeNet-family model built by squeezelab.create_model")
+        raise ValueError("structured pruning needs a SqueezeNet or SqueezeNext model built by squeezelab.create_model")
     if any(isinstance(m, FirePair) for m in model.features):
         raise ValueError("structured pruning supports plain Fire modules only (not fire_pairing models)")
     fires = [(f"features.{i}", m) for i, m in enumerate(model.features) if isinstance(m, Fire)]

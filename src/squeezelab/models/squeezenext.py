@@ -67,30 +67,45 @@ class ConvBNAct(nn.Sequential):
         )
 
 
+INNER_CONVS = ("squeeze1", "squeeze2", "separable1", "separable2")
+
+
 class SqueezeNextBlock(nn.Module):
     """Two-stage squeeze, separable 3x1/1x3 convs, 1x1 expand, plus a residual shortcut.
 
-    ``vertical_first`` puts the 3x1 conv before the 1x3 conv.
+    ``vertical_first`` puts the 3x1 conv before the 1x3 conv. ``widths`` gives the output channels of
+    the four inner convs (:data:`INNER_CONVS`); default: the paper's half, quarter, half, half of
+    ``out_channels`` (structured pruning makes them narrower).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, vertical_first: bool, activation: str = "relu"
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        vertical_first: bool,
+        activation: str = "relu",
+        widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if out_channels < 4:
             raise ValueError(f"a SqueezeNext block needs at least 4 output channels, got {out_channels}")
-        half, quarter = out_channels // 2, out_channels // 4
+        if widths is None:
+            widths = (out_channels // 2, out_channels // 4, out_channels // 2, out_channels // 2)
+        if len(widths) != len(INNER_CONVS) or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"block widths must be {len(INNER_CONVS)} positive channel counts, got {list(widths)}")
+        squeeze1, squeeze2, separable1, separable2 = widths
         kernels = [((3, 1), (1, 0)), ((1, 3), (0, 1))]
         if not vertical_first:
             kernels.reverse()
         (kernel1, pad1), (kernel2, pad2) = kernels
         self.body = nn.Sequential(
             OrderedDict(
-                squeeze1=ConvBNAct(in_channels, half, 1, stride=stride, activation=activation),
-                squeeze2=ConvBNAct(half, quarter, 1, activation=activation),
-                separable1=ConvBNAct(quarter, half, kernel1, padding=pad1, activation=activation),
-                separable2=ConvBNAct(half, half, kernel2, padding=pad2, activation=activation),
-                expand=ConvBNAct(half, out_channels, 1, activation=activation),
+                squeeze1=ConvBNAct(in_channels, squeeze1, 1, stride=stride, activation=activation),
+                squeeze2=ConvBNAct(squeeze1, squeeze2, 1, activation=activation),
+                separable1=ConvBNAct(squeeze2, separable1, kernel1, padding=pad1, activation=activation),
+                separable2=ConvBNAct(separable1, separable2, kernel2, padding=pad2, activation=activation),
+                expand=ConvBNAct(separable2, out_channels, 1, activation=activation),
             )
         )
         needs_projection = stride != 1 or in_channels != out_channels
@@ -114,6 +129,7 @@ class SqueezeNext(nn.Module):
         num_classes, in_chans: output classes and input channels.
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 pool) or ``"cifar"`` (3x3/1 conv, no pool).
         activation: ``"relu"`` (as published) or ``"elu"``.
+        block_widths: inner widths of every block, in order (see :class:`SqueezeNextBlock`); default: the paper's.
     """
 
     def __init__(
@@ -124,9 +140,12 @@ class SqueezeNext(nn.Module):
         in_chans: int = 3,
         stem: str = "imagenet",
         activation: str = "relu",
+        block_widths: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         _check_arguments(depths, width, stem, activation)
+        if block_widths is not None and len(block_widths) != sum(depths):
+            raise ValueError(f"block_widths: expected one entry per block ({sum(depths)}), got {len(block_widths)}")
         self.num_classes = num_classes
         stem_channels = int(STEM_CHANNELS * width)
         layers: OrderedDict[str, nn.Module] = OrderedDict(stem=_stem(stem, in_chans, stem_channels, activation))
@@ -137,8 +156,9 @@ class SqueezeNext(nn.Module):
             blocks = []
             for i in range(depth):
                 stride = 2 if stage > 1 and i == 0 else 1
+                widths = block_widths[block_index] if block_widths is not None else None
                 blocks.append(
-                    SqueezeNextBlock(channels, out_channels, stride, block_index % 2 == 0, activation=activation)
+                    SqueezeNextBlock(channels, out_channels, stride, block_index % 2 == 0, activation, widths)
                 )
                 channels = out_channels
                 block_index += 1
@@ -190,13 +210,14 @@ def build_squeezenext(
     in_chans: int = 3,
     stem: str = "imagenet",
     activation: str = "relu",
+    block_widths: Sequence[Sequence[int]] | None = None,
 ) -> SqueezeNext:
     """SqueezeNext from a depth name (``"23"``, ``"23v5"``, ``"hp"``) or explicit blocks per stage."""
     if isinstance(depths, str):
         if depths not in DEPTHS:
             raise ValueError(f"depths must be one of {sorted(DEPTHS)} or four block counts, got {depths!r}")
         depths = DEPTHS[depths]
-    return SqueezeNext(depths, width, num_classes=num_classes, in_chans=in_chans, stem=stem, activation=activation)
+    return SqueezeNext(depths, width, num_classes, in_chans, stem, activation, block_widths)
 
 
 @register_model(IMAGENET_CFG)
