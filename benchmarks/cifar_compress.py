@@ -32,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from squeezelab.compress import parse_bits_spec, parse_density_spec, plain_copy
+from squeezelab.compress import parse_bits_spec, parse_density_spec, parse_per_layer, plain_copy, prunable_layers
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
 from squeezelab.compress.pipeline import compress_and_evaluate
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--quick-model", default="squeezenet_tiny_cifar")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, help="use at most N training and N test images (quick checks)")
+    parser.add_argument("--keep-filters", help="structured pruning first: fraction of filters kept, 0.75 or features.stage3=0.5,...")
     parser.add_argument("--density", default="conv3x3=0.08,conv1x1=0.12,stem=0.5,classifier=0.3")
     parser.add_argument("--bits", default="stem=6,conv3x3=3,default=4")
     parser.add_argument("--prune-steps", type=int, default=3)
@@ -92,6 +93,7 @@ def main() -> None:
     outcome = compress_and_evaluate(
         model,
         args.out / "model.sqz",
+        keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
         density=parse_density_spec(args.density),
         bits=parse_bits_spec(args.bits),
         data=splits,
@@ -109,7 +111,7 @@ def main() -> None:
     drop = outcome.dense_metrics["top1"] - outcome.compressed_metrics["top1"]
     lines = [
         f"model: {model.model_spec['name']} {json.dumps(model.model_spec['kwargs'])}",
-        f"recipe: density {args.density}; bits {args.bits}; {args.prune_steps} prune steps; "
+        "recipe: " + (f"filters kept {args.keep_filters}; " if args.keep_filters else "") + f"density {args.density}; bits {args.bits}; {args.prune_steps} prune steps; "
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
         f"{args.finetune_epochs} fine-tuning epochs per stage at lr {args.lr}"
         + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),
@@ -119,7 +121,8 @@ def main() -> None:
         f"ratio {ratio:.1f}x (target >= {TARGET_RATIO:g}x): {'PASS' if ratio >= TARGET_RATIO else 'FAIL'}; "
         f"accuracy drop {drop:+.2f} points (target <= {MAX_DROP}): {'PASS' if drop <= MAX_DROP else 'FAIL'}",
     ]
-    stages = stage_rows(outcome, dense_bytes, args.prune_steps)
+    dense_weights = sum(m.weight.numel() for m in prunable_layers(dense_model).values())
+    stages = stage_rows(outcome, dense_bytes, dense_weights, args.prune_steps, bool(args.keep_filters))
     if args.dsd_epochs:
         stages.append(dsd_row(dense_model, splits, args, dense_bytes, outcome.report.params))
     table = stage_table(stages)
@@ -130,12 +133,16 @@ def main() -> None:
     print(table)
 
 
-def stage_rows(outcome, dense_bytes: int, prune_steps: int) -> list[dict]:
-    """Dense, pruned (after the last pruning step's fine-tuning), pruned + quantized (after the centroids'
-    fine-tuning) and the decoded .sqz file; the in-between stages exist only with fine-tuning."""
+def stage_rows(outcome, dense_bytes: int, dense_weights: int, prune_steps: int, filters_pruned: bool) -> list[dict]:
+    """Dense, filter-pruned (if asked), pruned (after the last pruning step's fine-tuning), pruned +
+    quantized (after the centroids' fine-tuning) and the decoded .sqz file; the in-between stages exist
+    only with fine-tuning."""
     report = outcome.report
-    rows = [_row("dense fp32", dense_bytes, report.params, outcome.dense_metrics)]
+    rows = [_row("dense fp32", dense_bytes, dense_weights, outcome.dense_metrics)]
     tuned = outcome.finetune_results
+    if filters_pruned and tuned:
+        rows.append(_row("filter-pruned (fine-tuned)", None, report.params, tuned[0]))
+        tuned = tuned[1:]
     if len(tuned) >= prune_steps + 1:
         rows.append(_row("pruned (fine-tuned)", None, report.nonzeros, tuned[prune_steps - 1]))
         rows.append(_row("pruned + quantized (fine-tuned)", None, report.nonzeros, tuned[prune_steps]))

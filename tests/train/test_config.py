@@ -63,3 +63,6 @@ def test_onecycle_peaks_at_lr_and_weight_decay_skips_biases():
         optimizer.step()
         scheduler.step()
     assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 29 and lrs[-1] < 1e-3
+    short = TrainConfig(epochs=1, schedule="onecycle", onecycle_pct_start=0.25)
+    with pytest.raises(ValueError, match=r"schedule onecycle: 4 optimizer steps leave no warm-up at onecycle_pct_start=0.25"):
+        build_scheduler(build_optimizer(model, short), short, steps_per_epoch=4)

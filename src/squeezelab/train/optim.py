@@ -50,6 +50,11 @@ def build_scheduler(optimizer: Optimizer, config: TrainConfig, steps_per_epoch: 
     """The configured schedule over ``config.epochs * steps_per_epoch`` optimizer steps."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
+        if config.onecycle_pct_start * total < 2:  # OneCycleLR would divide by a zero-length warm-up phase
+            raise ValueError(
+                f"schedule onecycle: {total} optimizer steps leave no warm-up at onecycle_pct_start="
+                f"{config.onecycle_pct_start}; train for more steps or pick another schedule"
+            )
         return OneCycleLR(
             optimizer,
             max_lr=config.lr,
