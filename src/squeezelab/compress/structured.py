@@ -77,8 +77,8 @@ def _kept_filters(model: nn.Module, prunable: list[str], keep: float | Mapping[s
     for name, fraction in fractions.items():
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"keep fraction for {name} must be in (0, 1], got {fraction}")
-    state = plain_state_dict(model)
-    return {name: _strongest_filters(state[f"{name}.weight"], fractions.get(name, 1.0)) for name in prunable}
+    # module.weight is the effective (masked / shared) weight, as in plain_state_dict, without copying the model
+    return {name: _strongest_filters(model.get_submodule(name).weight, fractions.get(name, 1.0)) for name in prunable}
 
 
 def _rebuilt(model: nn.Module, kwargs: dict, slices: Slices) -> nn.Module:
