@@ -15,6 +15,7 @@ as results.md / stages.csv / stages.png in ``--out``.
 
     python benchmarks/cifar_compress.py runs/<best cifar run>/best.pt --dsd-epochs 3 --out benchmarks/results/cifar_compress
     python benchmarks/cifar_compress.py --quick-train 3 --limit 10000   # pipeline check on a quickly trained model
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/cifar_compress.py ...   # data-parallel fine-tuning
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ import torch
 from squeezelab.compress import parse_bits_spec, parse_density_spec, parse_per_layer, plain_copy, prunable_layers
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
-from squeezelab.compress.pipeline import compress_and_evaluate
+from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_datasets, dataset_options_from_config
 from squeezelab.models import create_model
 from squeezelab.models.files import save_model
-from squeezelab.train import TrainConfig, fit, load_trained_model
+from squeezelab.train import TrainConfig, distributed_session, fit, load_trained_model
 from squeezelab.utils.files import atomic_write_bytes, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,11 +81,27 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.0, help="weight of the dense model's soft targets in fine-tuning")
     parser.add_argument("--dsd-epochs", type=int, default=0, help="also run DSD: this many sparse and re-dense epochs")
     parser.add_argument("--dsd-density", type=float, default=0.5, help="DSD's sparse phase density")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch per process (as squeezelab train)")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: OMP_NUM_THREADS, else all cores)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if (args.checkpoint is None) == (args.quick_train is None):
         parser.error("give a checkpoint or --quick-train EPOCHS")
+    # under torchrun every fine-tuning stage runs data-parallel; rank 0 alone writes and prints
+    with distributed_session() as dist_info:
+        lines, stages, outcome = compress_and_report(args)
+    if dist_info.is_main:
+        table = stage_table(stages)
+        atomic_write_text(args.out / "results.md", "\n\n".join(lines) + "\n\n" + table + "\n\n" + outcome.report.to_markdown())
+        write_stages(stages, args.out)
+        outcome.report.write(args.out / "size_report")
+        print("\n".join(lines))
+        print(table)
+
+
+def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict], CompressionOutcome]:
+    """Run the pipeline (and DSD) on the model ``args`` name: the summary lines, stage rows and outcome."""
     model = load_trained_model(args.checkpoint) if args.checkpoint else quickly_trained(args.quick_train, args.data, args.limit, args.quick_model)
     dense_file = Path(tempfile.mkdtemp()) / "dense.pt"
     save_model(model, dense_file)
@@ -100,7 +117,7 @@ def main() -> None:
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
         train_config=finetune_config(
-            args.finetune_epochs, lr=args.lr, batch_size=128, device="cpu", amp=args.amp, distill=args.distill
+            args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp, distill=args.distill
         ),
         run_dir=args.out / "runs",
         tensor_dtype=args.tensor_dtype,
@@ -125,12 +142,7 @@ def main() -> None:
     stages = stage_rows(outcome, dense_bytes, dense_weights, args.prune_steps, bool(args.keep_filters))
     if args.dsd_epochs:
         stages.append(dsd_row(dense_model, splits, args, dense_bytes, outcome.report.params))
-    table = stage_table(stages)
-    atomic_write_text(args.out / "results.md", "\n\n".join(lines) + "\n\n" + table + "\n\n" + outcome.report.to_markdown())
-    write_stages(stages, args.out)
-    outcome.report.write(args.out / "size_report")
-    print("\n".join(lines))
-    print(table)
+    return lines, stages, outcome
 
 
 def stage_rows(outcome, dense_bytes: int, dense_weights: int, prune_steps: int, filters_pruned: bool) -> list[dict]:
@@ -153,7 +165,7 @@ def stage_rows(outcome, dense_bytes: int, dense_weights: int, prune_steps: int, 
 def dsd_row(dense_model: torch.nn.Module, splits, args: argparse.Namespace, dense_bytes: int, weights: int) -> dict:
     """DSD from the trained dense model: its result is again a dense model of the same size (``weights``
     counts the prunable weights, as for the other rows)."""
-    config = finetune_config(args.dsd_epochs, lr=args.lr, batch_size=128, device="cpu", amp=args.amp)
+    config = finetune_config(args.dsd_epochs, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp)
     result = dense_sparse_dense(dense_model, splits, config, args.dsd_density, dense_epochs=0, run_dir=args.out / "dsd")
     return _row(f"DSD ({args.dsd_epochs} sparse at {args.dsd_density:.0%} + {args.dsd_epochs} re-dense epochs)",
                 dense_bytes, weights, result.redense)

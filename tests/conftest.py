@@ -1,4 +1,7 @@
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,21 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def torchrun_squeezelab(args: list[str], tmp_path: Path, processes: int = 2, timeout: float = 240) -> tuple[str, str]:
+    """Run ``torchrun -m squeezelab ARGS`` with one thread per process; returns (stdout, stderr) of a
+    successful run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SQUEEZELAB_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "squeezelab", *args]
+    # A new session, so that on a timeout the workers die with their launcher instead of lingering.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 0, stderr[-4000:]
+    return stdout, stderr

@@ -1,12 +1,8 @@
 import json
-import os
-import signal
-import subprocess
-import sys
 
 from squeezelab.cli.main import main
 from squeezelab.train import load_checkpoint
-from tests.conftest import REPO
+from tests.conftest import torchrun_squeezelab
 from tests.train.conftest import _tiny_models_on_one_thread, private_cache, tiny_config  # noqa: F401  (fixtures)
 
 
@@ -44,18 +40,7 @@ def test_torchrun_two_processes_train_with_ddp(tiny_config, tmp_path):
     config = tmp_path / "tiny.yaml"
     tiny_config.updated(epochs=1).save(config)
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SQUEEZELAB_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "squeezelab",
-               "train", "--config", str(config), "--out", str(run), "--quiet", "--batch-size", "48"]
-    # A new session, so that on a timeout the workers die with their launcher instead of lingering.
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
-    assert process.returncode == 0, stderr[-2000:]
+    stdout, _ = torchrun_squeezelab(["train", "--config", str(config), "--out", str(run), "--quiet", "--batch-size", "48"], tmp_path)
     assert stdout.count("epoch   1/1") == 1 and stdout.count("run directory") == 1  # only rank 0 logs
     record = load_checkpoint(run / "last.pt")
     assert record["epoch"] == 1 and not any(k.startswith("module.") for k in record["state_dict"])

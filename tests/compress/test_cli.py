@@ -3,6 +3,8 @@ import pytest
 from squeezelab.cli.main import main
 from squeezelab.compress import load_compressed
 from squeezelab.models.files import load_model, save_model
+from squeezelab.train import load_checkpoint
+from tests.conftest import torchrun_squeezelab
 
 from .conftest import trained_tiny
 
@@ -56,3 +58,20 @@ def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
     assert "--bits" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--finetune-epochs", "1"]) == 2
     assert "needs data" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_compress_and_dsd_with_ddp_fine_tuning(tmp_path, model_file):
+    out, runs = tmp_path / "tiny.sqz", tmp_path / "runs"
+    data = ["--dataset", "digits", "--limit", "300", "--batch-size", "32", "--quiet"]
+    stdout, _ = torchrun_squeezelab(["compress", str(model_file), "-o", str(out), "--density", "0.5", "--bits", "4",
+                                     "--finetune-epochs", "1", "--run-dir", str(runs), *data], tmp_path)
+    assert stdout.count("compressed:") == 1  # only rank 0 prints
+    assert load_compressed(out).model_spec["name"] == "squeezenet_generator"
+    # 270 training images: each rank gets 135 and makes 4 full batches of 32 (one process alone would make 8).
+    for stage in ("prune1", "quantized"):
+        assert load_checkpoint(runs / stage / "last.pt")["history"][0]["train_images"] == 2 * 4 * 32
+
+    stdout, _ = torchrun_squeezelab(["dsd", str(model_file), "--epochs", "1", "--dense-epochs", "0",
+                                     "--run-dir", str(tmp_path / "dsd"), "-o", str(tmp_path / "dsd.pt"), *data], tmp_path)
+    assert stdout.count("re-dense") == 1 and load_model(tmp_path / "dsd.pt").model_spec["name"] == "squeezenet_generator"
+    assert load_checkpoint(tmp_path / "dsd" / "redense" / "last.pt")["history"][0]["train_images"] == 2 * 4 * 32

@@ -33,6 +33,7 @@ from squeezelab.data import build_datasets, build_loaders, dataset_options_from_
 from squeezelab.interop.loading import load_any_model
 from squeezelab.models.files import save_model
 from squeezelab.models.profile import MB, MIB
+from squeezelab.train import distributed_session
 
 from .common import format_table
 
@@ -138,35 +139,38 @@ def _model_data(model, args: argparse.Namespace):
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    model = load_any_model(args.model, args.arch)
-    data = _model_data(model, args)
-    outcome = compress_and_evaluate(
-        model,
-        args.output,
-        density=parse_density_spec(args.density) if args.density else None,
-        bits=parse_bits_spec(args.bits),
-        init=args.init,
-        keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
-        data=data,
-        finetune_epochs=args.finetune_epochs,
-        prune_steps=args.prune_steps,
-        train_config=finetune_config(
-            max(args.finetune_epochs, 1),
-            lr=args.lr,
-            batch_size=args.batch_size,
-            distill=args.distill,
-            distill_temperature=args.distill_temperature,
-        ),
-        run_dir=args.run_dir,
-        index_coder=args.index_coder,
-        position_coder=args.position_coder,
-        tensor_dtype=args.tensor_dtype,
-        fold_batch_norm=args.fold_bn,
-        progress=not args.quiet,
-        log=None if args.quiet else print,
-    )
-    _print_report(outcome.report, args.report)
-    print(outcome.summary())
+    # under torchrun the fine-tuning stages run data-parallel; rank 0 alone prints and writes reports
+    with distributed_session() as dist_info:
+        model = load_any_model(args.model, args.arch)
+        data = _model_data(model, args)
+        outcome = compress_and_evaluate(
+            model,
+            args.output,
+            density=parse_density_spec(args.density) if args.density else None,
+            bits=parse_bits_spec(args.bits),
+            init=args.init,
+            keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
+            data=data,
+            finetune_epochs=args.finetune_epochs,
+            prune_steps=args.prune_steps,
+            train_config=finetune_config(
+                max(args.finetune_epochs, 1),
+                lr=args.lr,
+                batch_size=args.batch_size,
+                distill=args.distill,
+                distill_temperature=args.distill_temperature,
+            ),
+            run_dir=args.run_dir,
+            index_coder=args.index_coder,
+            position_coder=args.position_coder,
+            tensor_dtype=args.tensor_dtype,
+            fold_batch_norm=args.fold_bn,
+            progress=not args.quiet,
+            log=None if args.quiet else print,
+        )
+        if dist_info.is_main:
+            _print_report(outcome.report, args.report)
+            print(outcome.summary())
     return 0
 
 
@@ -227,19 +231,22 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
 
 
 def run_dsd(args: argparse.Namespace) -> int:
-    model = load_any_model(args.model, args.arch).train()
-    data = _model_data(model, args)
-    config = finetune_config(args.epochs, lr=args.lr, batch_size=args.batch_size)
-    result = dense_sparse_dense(
-        model,
-        data,
-        config,
-        parse_density_spec(args.density),
-        dense_epochs=args.dense_epochs,
-        run_dir=args.run_dir,
-        progress=not args.quiet,
-        log=None if args.quiet else print,
-    )
+    with distributed_session() as dist_info:
+        model = load_any_model(args.model, args.arch).train()
+        data = _model_data(model, args)
+        config = finetune_config(args.epochs, lr=args.lr, batch_size=args.batch_size)
+        result = dense_sparse_dense(
+            model,
+            data,
+            config,
+            parse_density_spec(args.density),
+            dense_epochs=args.dense_epochs,
+            run_dir=args.run_dir,
+            progress=not args.quiet,
+            log=None if args.quiet else print,
+        )
+    if not dist_info.is_main:
+        return 0
     rows = [[phase, f"{m['top1']:.2f}%", f"{m['top5']:.2f}%"] for phase, m in (("dense", result.dense), ("sparse", result.sparse), ("re-dense", result.redense)) if m]
     if rows:
         print(format_table(["phase", "test top-1", "test top-5"], rows))

@@ -14,7 +14,7 @@ from typing import Callable
 import torch.nn as nn
 
 from squeezelab.data import DatasetSplits, Loaders
-from squeezelab.train import FitResult, TrainConfig
+from squeezelab.train import FitResult, TrainConfig, distributed_session
 from squeezelab.train.checkpoint import load_checkpoint, load_weights
 
 from .finetune import finetune
@@ -50,7 +50,8 @@ def dense_sparse_dense(
     log: Callable[[str], None] | None = print,
 ) -> DSDResult:
     """Run DSD on ``model`` (in place). Epochs default to ``config.epochs`` per phase; ``dense_epochs=0``
-    starts from an already trained model. The re-dense phase uses ``redense_lr_scale * config.lr``."""
+    starts from an already trained model. The re-dense phase uses ``redense_lr_scale * config.lr``. Under
+    ``torchrun`` every phase trains data-parallel and only rank 0 writes files."""
     if not 0.0 < redense_lr_scale <= 1.0:
         raise ValueError(f"redense_lr_scale must be in (0, 1], got {redense_lr_scale}")
     epochs = {
@@ -67,20 +68,21 @@ def dense_sparse_dense(
     results: dict[str, dict | None] = {phase: None for phase in PHASES}
     densities: dict[str, float] = {}
     done = _last_finished_phase(root)
-    for index, phase in enumerate(PHASES):
-        if done is not None and index <= PHASES.index(done):
-            if phase == done:
-                _load_phase_model(model, root / phase / PHASE_MODEL)
-            continue
-        if phase == "sparse":
-            densities = prune(model, density)
-        if phase == "redense":
-            bake(model)  # the pruned connections come back at zero, free to train again
-        if epochs[phase] > 0:
-            fitted = _run_phase(model, data, configs[phase], root, phase, progress, log)
-            results[phase] = fitted.test
-        if root is not None:
-            save_plain_model(model, root / phase / PHASE_MODEL)
+    with distributed_session(config.device) as dist_info:
+        for index, phase in enumerate(PHASES):
+            if done is not None and index <= PHASES.index(done):
+                if phase == done:
+                    _load_phase_model(model, root / phase / PHASE_MODEL)
+                continue
+            if phase == "sparse":
+                densities = prune(model, density)
+            if phase == "redense":
+                bake(model)  # the pruned connections come back at zero, free to train again
+            if epochs[phase] > 0:
+                fitted = _run_phase(model, data, configs[phase], root, phase, progress, log)
+                results[phase] = fitted.test
+            if root is not None and dist_info.is_main:
+                save_plain_model(model, root / phase / PHASE_MODEL)
     return DSDResult(results["dense"], results["sparse"], results["redense"], densities, model)
 
 

@@ -9,17 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+import torch.distributed as dist
 import torch.nn as nn
 
 from squeezelab.data import DatasetSplits, build_loaders
 from squeezelab.models.profile import MB
-from squeezelab.train import QUICKSTART_CONFIG, TrainConfig, build_run_data, evaluate
+from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run_data, distributed_session, evaluate
 
 from .finetune import finetune, finetune_config
 from .pruning import DensitySpec, iterative_prune
 from .report import SizeReport
 from .sharing import quantize
-from .sqz import load_compressed, save_compressed
+from .sqz import inspect_compressed, load_compressed, save_compressed
 from .structured import prune_filters
 
 EVAL_BATCH = 256
@@ -87,37 +88,48 @@ def compress_and_evaluate(
     fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more. If
     ``train_config.distill`` > 0, fine-tuning also learns from the dense model's soft targets (a frozen copy
     taken before any pruning). With ``data``, the dense model and the model decoded from the written file
-    are evaluated on its test split.
+    are evaluated on its test split. Under ``torchrun`` every fine-tuning stage is data-parallel (a DDP
+    :func:`~squeezelab.train.fit`), every process returns the same outcome and only rank 0 writes files.
     """
     if finetune_epochs < 0 or prune_steps < 1:
         raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
     if finetune_epochs and data is None:
         raise ValueError("fine-tuning needs data (a dataset name and root)")
-    test_loader = build_loaders(data, EVAL_BATCH).test if data is not None else None
-    dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
     config = finetune_config(finetune_epochs or 1, train_config)
-    teacher = copy.deepcopy(model).eval() if finetune_epochs and config.distill else None
-    runs = Path(run_dir) if run_dir is not None else None
-    results = []
+    with distributed_session(config.device) as dist_info:
+        test_loader = build_loaders(data, EVAL_BATCH).test if data is not None else None
+        dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
+        teacher = copy.deepcopy(model).eval() if finetune_epochs and config.distill else None
+        runs = Path(run_dir) if run_dir is not None else None
+        results = []
 
-    def tune(stage: str) -> None:
-        if finetune_epochs:
-            stage_dir = runs / stage if runs else None
-            result = finetune(model, data, config, stage_dir, progress=progress, log=log, teacher=teacher)
-            results.append(result.test)
+        def tune(stage: str) -> None:
+            if finetune_epochs:
+                stage_dir = runs / stage if runs else None
+                result = finetune(model, data, config, stage_dir, progress=progress, log=log, teacher=teacher)
+                results.append(result.test)
 
-    if keep_filters is not None:
-        model = prune_filters(model, keep_filters)
-        tune("filters")
-    densities: dict[str, float] = {}
-    if density is not None:
-        densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"))
-    codebook_sizes = quantize(model, bits, init)
-    tune("quantized")
-    report = save_compressed(model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)
-    decoded = load_compressed(path)
-    compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
+        if keep_filters is not None:
+            model = prune_filters(model, keep_filters)
+            tune("filters")
+        densities: dict[str, float] = {}
+        if density is not None:
+            densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"))
+        codebook_sizes = quantize(model, bits, init)
+        tune("quantized")
+        report = _save_on_main(dist_info, model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)
+        decoded = load_compressed(path)
+        compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
+
+
+def _save_on_main(dist_info: DistInfo, model: nn.Module, path, *coding) -> SizeReport:
+    """Under torchrun every process holds the same fine-tuned model: rank 0 writes the file, the others
+    read its size report once it is complete."""
+    report = save_compressed(model, path, *coding) if dist_info.is_main else None
+    if dist_info.enabled:
+        dist.barrier()
+    return report if report is not None else inspect_compressed(path)
 
 
 # The digits quickstart model (measured in docs/compression.md: about 14x smaller for 0.3-1.4 points on

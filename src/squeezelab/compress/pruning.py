@@ -177,6 +177,8 @@ def strip_module(module: nn.Module) -> None:
 def _remove_parametrizations(module: nn.Module, leave_parametrized: bool) -> None:
     for tensor_name in list(getattr(module, "parametrizations", {})):
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=leave_parametrized)
+        # weight sharing freezes the dense weight it ignores; as a plain weight again it trains
+        getattr(module, tensor_name).requires_grad_(True)
 
 
 def bake(model: nn.Module) -> nn.Module:

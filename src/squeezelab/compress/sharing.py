@@ -75,6 +75,9 @@ def set_weight_sharing(
     device = module.weight.device
     sharing = WeightSharing(codebook.to(device), indices.to(device), mask.to(device))
     parametrize.register_parametrization(module, "weight", sharing)
+    # the codebook replaces the ignored dense weight; a trainable but unused parameter would also stop
+    # DistributedDataParallel ("parameters that were not used in producing loss")
+    module.parametrizations.weight.original.requires_grad_(False)
     return sharing
 
 

@@ -2,6 +2,7 @@
 
 from .checkpoint import load_checkpoint, load_trained_model
 from .config import TrainConfig
+from .device import DistInfo, distributed_session
 from .engine import FitResult, NonFiniteLossError, fit
 from .evaluate import evaluate
 from .recipes import (
@@ -16,6 +17,7 @@ from .recipes import (
 )
 
 __all__ = [
+    "DistInfo",
     "FitResult",
     "NonFiniteLossError",
     "QUICKSTART_CONFIG",
@@ -23,6 +25,7 @@ __all__ = [
     "build_run_data",
     "build_run_model",
     "default_run_dir",
+    "distributed_session",
     "evaluate",
     "evaluate_checkpoint",
     "fit",

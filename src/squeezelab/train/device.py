@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -97,3 +98,22 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     use_nccl = torch.cuda.is_available() and device_name in ("auto", "cuda")
     dist.init_process_group(backend="nccl" if use_nccl else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def join_process_group(device_name: str = "auto") -> tuple[DistInfo, bool]:
+    """:func:`init_distributed`, and whether this call created the group (its owner destroys it)."""
+    was_initialized = dist.is_available() and dist.is_initialized()
+    info = init_distributed(device_name)
+    return info, info.enabled and not was_initialized
+
+
+@contextlib.contextmanager
+def distributed_session(device_name: str = "auto") -> Iterator[DistInfo]:
+    """Stay in torchrun's process group across several :func:`fit` calls (each would otherwise join and
+    leave it), e.g. a compression pipeline's fine-tuning stages; a no-op outside torchrun."""
+    info, own = join_process_group(device_name)
+    try:
+        yield info
+    finally:
+        if own:
+            dist.destroy_process_group()

@@ -28,7 +28,7 @@ from squeezelab.models.registry import ModelConfig
 
 from .checkpoint import BEST, LAST, load_checkpoint, load_trained_model, load_weights
 from .config import TrainConfig
-from .device import DistInfo, autocast, grad_scaler, init_distributed, resolve_amp, resolve_device
+from .device import DistInfo, autocast, grad_scaler, join_process_group, resolve_amp, resolve_device
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch
 from .rundir import RunDir
@@ -88,7 +88,7 @@ def fit(
     ``config.distill`` > 0 the loss mixes in the soft targets of ``teacher`` (or of the model file named by
     ``config.teacher``), which runs frozen in eval mode.
     """
-    dist_info, own_group = _join_process_group(config)
+    dist_info, own_group = join_process_group(config.device)
     device = resolve_device(config.device, dist_info.local_rank)
     amp = resolve_amp(config.amp, device)
     loaders = data if isinstance(data, Loaders) else _loaders(data, config, dist_info)
@@ -158,12 +158,6 @@ def fit(
     if own_group:
         dist.destroy_process_group()
     return result
-
-
-def _join_process_group(config: TrainConfig) -> tuple[DistInfo, bool]:
-    was_initialized = dist.is_available() and dist.is_initialized()
-    info = init_distributed(config.device)
-    return info, info.enabled and not was_initialized
 
 
 def _loaders(splits: DatasetSplits, config: TrainConfig, dist_info: DistInfo) -> Loaders:
