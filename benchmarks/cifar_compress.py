@@ -37,6 +37,7 @@ from squeezelab.compress import parse_bits_spec, parse_density_spec, parse_per_l
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
 from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate
+from squeezelab.compress.sharing import CENTROID_UPDATES
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_datasets, dataset_options_from_config
 from squeezelab.models import create_model
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--keep-filters", help="structured pruning first: fraction of filters kept, 0.75 or features.stage3=0.5,...")
     parser.add_argument("--density", default="conv3x3=0.08,conv1x1=0.12,stem=0.5,classifier=0.3")
     parser.add_argument("--bits", default="stem=6,conv3x3=3,default=4")
+    parser.add_argument("--centroid-update", choices=CENTROID_UPDATES, default="sum", help="sum (Han et al.) or mean of the weights' gradients")
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.01)
@@ -113,6 +115,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
         density=parse_density_spec(args.density),
         bits=parse_bits_spec(args.bits),
+        centroid_update=args.centroid_update,
         data=splits,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,

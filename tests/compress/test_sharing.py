@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from squeezelab.compress import WeightSharing, prunable_layers, prune, quantize, shared_layers
+from squeezelab.compress.pruning import magnitude_mask, set_mask
 from squeezelab.compress.sharing import share_weights
 from squeezelab.train import fit
 
@@ -20,9 +21,11 @@ def test_shared_weights_use_at_most_2_to_the_bits_values_and_keep_the_mask():
     assert set(shared_layers(model)) == set(prunable_layers(model))
 
 
-def test_centroid_gradient_is_the_sum_over_its_cluster():
+@pytest.mark.parametrize("update", ["sum", "mean"])
+def test_centroid_gradient_is_the_sum_or_mean_over_its_cluster(update):
     conv = torch.nn.Conv2d(4, 6, 3)
-    sharing = share_weights(conv, 2)
+    set_mask(conv, magnitude_mask(conv.weight, 0.5))
+    sharing = share_weights(conv, 2, centroid_update=update)
     x = torch.randn(3, 4, 8, 8)
     conv(x).square().sum().backward()
     reference = torch.nn.Conv2d(4, 6, 3)
@@ -30,8 +33,17 @@ def test_centroid_gradient_is_the_sum_over_its_cluster():
         reference.weight.copy_(conv.weight)
         reference.bias.copy_(conv.bias)
     reference(x).square().sum().backward()
-    expected = torch.zeros_like(sharing.codebook).index_add_(0, sharing.indices.flatten(), reference.weight.grad.flatten())
+    kept = sharing.mask.flatten()
+    clusters = sharing.indices.flatten()[kept]
+    expected = torch.zeros_like(sharing.codebook).index_add_(0, clusters, reference.weight.grad.flatten()[kept])
+    if update == "mean":
+        expected /= torch.bincount(clusters, minlength=len(expected)).clamp(min=1)
     torch.testing.assert_close(sharing.codebook.grad, expected)
+
+
+def test_unknown_centroid_update():
+    with pytest.raises(ValueError, match="centroid_update must be one of sum, mean, got 'median'"):
+        share_weights(torch.nn.Conv2d(4, 6, 3), 2, centroid_update="median")
 
 
 def test_fine_tuning_moves_centroids_not_assignments(digits, tiny_config, trained_state):

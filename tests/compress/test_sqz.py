@@ -91,15 +91,20 @@ def test_uint8_tensors_are_within_half_a_step_in_a_quarter_of_the_bytes(tmp_path
 def test_folded_batch_norm_keeps_eval_outputs_in_fewer_bytes(tmp_path):
     model = _compressed(batch_norm="all")
     torch.manual_seed(1)
-    for module in model.modules():  # trained-looking statistics, so that folding has something to fold
+    for module in model.modules():  # trained-looking parameters, so that folding has something to fold
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
             module.weight.data.uniform_(0.5, 1.5)
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.Conv2d)):
+            module.bias.data.uniform_(-0.5, 0.5)
     model.eval()
     full = save_compressed(model, tmp_path / "full.sqz")
     folded = save_compressed(model, tmp_path / "folded.sqz", fold_batch_norm=True)
     assert folded.other_tensor_bytes < 0.55 * full.other_tensor_bytes
+    # every convolution but the classifier feeds a batch norm, which absorbs its bias
+    assert {row.name: row.bias_bytes for row in folded.layers if row.bias_bytes} == {"classifier.1": 4 * 10}
+    assert all(row.bias_bytes for row in full.layers)
     images = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(load_compressed(tmp_path / "folded.sqz")(images), model(images), rtol=1e-5, atol=1e-5)

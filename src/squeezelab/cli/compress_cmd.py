@@ -19,6 +19,7 @@ from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
 from squeezelab.compress.kmeans import KMEANS_INITS
 from squeezelab.compress.pipeline import compress_and_evaluate
+from squeezelab.compress.sharing import CENTROID_UPDATES
 from squeezelab.compress.positions import POSITION_CODERS
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.compress.sensitivity import (
@@ -57,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compress.add_argument("--bits", default="5", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
     compress.add_argument("--init", choices=KMEANS_INITS, default="optimal", help="k-means: optimal (exact 1-D) or Han's linear init")
+    compress.add_argument(
+        "--centroid-update", choices=CENTROID_UPDATES, default="sum",
+        help="fine-tuning moves each centroid by the sum (Han et al.) or the mean of its weights' gradients",
+    )
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
     compress.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float32", help="biases, BN (uint8: linear 8-bit codes per tensor; check the accuracy)")
@@ -149,6 +154,7 @@ def run_compress(args: argparse.Namespace) -> int:
             density=parse_density_spec(args.density) if args.density else None,
             bits=parse_bits_spec(args.bits),
             init=args.init,
+            centroid_update=args.centroid_update,
             keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
             data=data,
             finetune_epochs=args.finetune_epochs,

@@ -68,6 +68,7 @@ def compress_and_evaluate(
     density: DensitySpec | None = None,
     bits: int | Mapping[str, int] = 5,
     init: str = "optimal",
+    centroid_update: str = "sum",
     keep_filters: float | Mapping[str, float] | None = None,
     data: DatasetSplits | None = None,
     finetune_epochs: int = 0,
@@ -115,7 +116,7 @@ def compress_and_evaluate(
         densities: dict[str, float] = {}
         if density is not None:
             densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"))
-        codebook_sizes = quantize(model, bits, init)
+        codebook_sizes = quantize(model, bits, init, centroid_update)
         tune("quantized")
         report = _save_on_main(dist_info, model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)
         decoded = load_compressed(path)

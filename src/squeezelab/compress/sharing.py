@@ -2,7 +2,10 @@
 
 The codebook is the layer's trainable parameter. The gather's backward adds up the gradients of all
 weights that share a centroid, which is exactly Han et al.'s grouped centroid update, so any training
-loop fine-tunes the centroids while the sparsity pattern and the assignments stay fixed.
+loop fine-tunes the centroids while the sparsity pattern and the assignments stay fixed. With
+``centroid_update="mean"`` each centroid gets the mean of those gradients instead: a centroid shared by
+thousands of weights then takes steps the size of one weight's at the same learning rate, where the sum
+makes its steps (and a layer's effective learning rate) grow with the cluster's size.
 """
 
 from __future__ import annotations
@@ -19,19 +22,45 @@ from .layers import parse_per_layer, prunable_layers, resolve_per_layer
 from .pruning import bake_module, current_mask
 
 MAX_BITS = 16
+CENTROID_UPDATES = ("sum", "mean")
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """Identity whose backward multiplies the gradient by ``scale`` (the values stay bit-exact)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
 
 
 class WeightSharing(nn.Module):
-    """Parametrization ``weight = codebook[indices] * mask`` (the input weight is ignored)."""
+    """Parametrization ``weight = codebook[indices] * mask`` (the input weight is ignored); ``centroid_update``
+    is ``"sum"`` (Han et al.) or ``"mean"`` of the gradients of the weights sharing a centroid."""
 
-    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(
+        self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, centroid_update: str = "sum"
+    ) -> None:
         super().__init__()
+        if centroid_update not in CENTROID_UPDATES:
+            raise ValueError(f"centroid_update must be one of {', '.join(CENTROID_UPDATES)}, got {centroid_update!r}")
         self.codebook = nn.Parameter(codebook.detach().clone())
         self.register_buffer("indices", indices.to(torch.long))
         self.register_buffer("mask", mask.to(torch.bool))
+        self.centroid_update = centroid_update
+        counts = torch.bincount(self.indices[self.mask], minlength=len(self.codebook)).clamp(min=1)
+        self.register_buffer("gradient_scale", 1.0 / counts.to(self.codebook.dtype), persistent=False)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return self.codebook[self.indices].to(weight.dtype) * self.mask
+        codebook = self.codebook
+        if self.centroid_update == "mean":
+            codebook = _ScaledGradient.apply(codebook, self.gradient_scale)
+        return codebook[self.indices].to(weight.dtype) * self.mask
 
 
 def parse_bits_spec(text: str) -> int | dict[str, int]:
@@ -47,12 +76,12 @@ def weight_sharing(module: nn.Module) -> WeightSharing | None:
     return None
 
 
-def share_weights(module: nn.Module, bits: int, init: str = "optimal") -> WeightSharing:
+def share_weights(module: nn.Module, bits: int, init: str = "optimal", centroid_update: str = "sum") -> WeightSharing:
     """Cluster the layer's surviving weights into at most ``2**bits`` shared values (k-means)."""
-    return _share_all([module], [bits], init)[0]
+    return _share_all([module], [bits], init, centroid_update)[0]
 
 
-def _share_all(modules: list[nn.Module], bits: list[int], init: str) -> list[WeightSharing]:
+def _share_all(modules: list[nn.Module], bits: list[int], init: str, centroid_update: str) -> list[WeightSharing]:
     for value in bits:
         if not 1 <= value <= MAX_BITS:
             raise ValueError(f"bits must be in 1..{MAX_BITS}, got {value}")
@@ -63,17 +92,17 @@ def _share_all(modules: list[nn.Module], bits: list[int], init: str) -> list[Wei
     for module, mask, (codebook, labels) in zip(modules, masks, clusterings):
         indices = torch.zeros(mask.shape, dtype=torch.long)
         indices[mask.cpu()] = torch.from_numpy(labels)
-        shared.append(set_weight_sharing(module, torch.from_numpy(codebook), indices, mask))
+        shared.append(set_weight_sharing(module, torch.from_numpy(codebook), indices, mask, centroid_update))
     return shared
 
 
 def set_weight_sharing(
-    module: nn.Module, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor
+    module: nn.Module, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, centroid_update: str = "sum"
 ) -> WeightSharing:
     """Replace the layer's parametrizations by weight sharing with the given codebook and assignment."""
     bake_module(module)
     device = module.weight.device
-    sharing = WeightSharing(codebook.to(device), indices.to(device), mask.to(device))
+    sharing = WeightSharing(codebook.to(device), indices.to(device), mask.to(device), centroid_update)
     parametrize.register_parametrization(module, "weight", sharing)
     # the codebook replaces the ignored dense weight; a trainable but unused parameter would also stop
     # DistributedDataParallel ("parameters that were not used in producing loss")
@@ -81,14 +110,17 @@ def set_weight_sharing(
     return sharing
 
 
-def quantize(model: nn.Module, bits: int | Mapping[str, int], init: str = "optimal") -> dict[str, int]:
+def quantize(
+    model: nn.Module, bits: int | Mapping[str, int], init: str = "optimal", centroid_update: str = "sum"
+) -> dict[str, int]:
     """Weight-share every layer ``bits`` covers (pruned weights stay zero); returns codebook sizes.
+    ``centroid_update``: see :class:`WeightSharing`.
 
     All layers are clustered together (see :func:`.kmeans.kmeans_1d_many`), which is faster than one by one.
     """
     layers = prunable_layers(model)
     plan = resolve_per_layer(model, bits, "bits")
-    shared = _share_all([layers[name] for name in plan], list(plan.values()), init)
+    shared = _share_all([layers[name] for name in plan], list(plan.values()), init, centroid_update)
     return {name: len(sharing.codebook) for name, sharing in zip(plan, shared)}
 
 

@@ -5,7 +5,8 @@ Layout (little-endian)::
     magic "SQZL" | uint16 version | uint16 flags (0) | uint32 metadata length
     metadata: zlib-compressed JSON (model spec, preprocessing config, per-layer stream table)
     body: for each weight-shared layer, in order: codebook (float32), index table, index payload,
-          position table, position payload; then every other state_dict tensor (raw, dtype in metadata)
+          position table, position payload; then every other state_dict tensor (raw, dtype in metadata;
+          an all-zero floating-point tensor is stored as its shape only, dtype "zeros")
     uint32 CRC-32 of everything before it
 
 Weight-shared layers store only their kept weights: the cluster index of each (entropy-coded) and the
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn as nn
 
 from squeezelab.models.registry import ModelConfig, create_model
@@ -40,10 +42,12 @@ from .report import LayerSize, SizeReport
 from .sharing import WeightSharing, set_weight_sharing, shared_layers, weight_sharing
 
 MAGIC = b"SQZL"
-FORMAT_VERSION = 1
+# version 2: "zeros" tensors (folded batch norms absorb the bias of the convolution before them)
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<4sHHI")
 CHECKSUM = struct.Struct("<I")
 TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+ZEROS = "zeros"  # storage of an all-zero floating-point tensor: no bytes
 # How floating-point tensors other than the coded weights may be stored (``uint8``: linear 8-bit codes).
 FLOAT_STORAGE = ("float32", "float16", "uint8")
 LINEAR_RANGE = struct.Struct("<ff")  # minimum, step of a uint8-coded tensor
@@ -80,9 +84,10 @@ def save_compressed(
     is how biases and other small tensors are stored; float16 rounds them, uint8 maps each tensor linearly
     onto 256 levels between its minimum and maximum (error at most half a step; the decoded model then
     differs from ``model`` by that rounding only). ``fold_batch_norm`` stores each batch norm as the per-channel scale
-    and shift it applies in eval mode (half its four tensors); the decoded layer gets running mean 0 and
-    variance ``1 - eps``, so its outputs in eval mode are unchanged (training it again starts from those
-    statistics instead of the original ones).
+    and shift it applies in eval mode (half its four tensors), with the bias of a convolution that feeds
+    only that batch norm added into the shift (the bias is then stored as zeros, in no bytes); the decoded
+    layer gets running mean 0 and variance ``1 - eps``, so its outputs in eval mode are unchanged
+    (training it again starts from those statistics instead of the original ones).
     """
     if tensor_dtype not in FLOAT_STORAGE:
         raise ValueError(f"tensor_dtype must be one of {', '.join(FLOAT_STORAGE)}, got {tensor_dtype!r}")
@@ -100,13 +105,13 @@ def save_compressed(
         encoded.append(layer)
     state = plain_state_dict(model)
     folded = batch_norms(model) if fold_batch_norm else {}
-    state = _folded_state(state, folded)
+    state = _folded_state(state, folded, _sole_convolution_inputs(model, folded) if folded else {})
     coded_keys = {f"{name}.weight" for name in shared}
     tensor_entries = []
     for key, tensor in state.items():
         if key in coded_keys:
             continue
-        dtype = "int64" if not tensor.is_floating_point() else tensor_dtype
+        dtype = "int64" if not tensor.is_floating_point() else tensor_dtype if tensor.any() else ZEROS
         tensor_entries.append([key, dtype, list(tensor.shape)])
         sections.append(_tensor_bytes(tensor, dtype))
     cfg = getattr(model, "default_cfg", None)
@@ -161,6 +166,8 @@ def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: st
 
 
 def _tensor_bytes(tensor: torch.Tensor, dtype: str) -> bytes:
+    if dtype == ZEROS:
+        return b""
     if dtype == "uint8":
         return _linear_codes(tensor.detach().cpu().double().flatten())
     array = tensor.detach().cpu().to(TENSOR_DTYPES[dtype]).contiguous().numpy()
@@ -223,13 +230,37 @@ def batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     }
 
 
-def _folded_state(state: dict[str, torch.Tensor], norms: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """``state`` with each batch norm in ``norms`` reduced to its eval-mode scale (as weight) and shift (as bias)."""
+def _sole_convolution_inputs(model: nn.Module, norms: dict[str, nn.Module]) -> dict[str, str]:
+    """For each batch norm in ``norms`` whose input is the output of a biased convolution used by nothing
+    else, that convolution's name (from the model's ``torch.fx`` graph)."""
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    inputs = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in norms:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
+            continue
+        conv = modules[source.target]
+        if isinstance(conv, nn.modules.conv._ConvNd) and conv.bias is not None:
+            inputs[node.target] = source.target
+    return inputs
+
+
+def _folded_state(
+    state: dict[str, torch.Tensor], norms: dict[str, nn.Module], conv_inputs: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """``state`` with each batch norm in ``norms`` reduced to its eval-mode scale (as weight) and shift (as bias);
+    the bias of the convolution in ``conv_inputs`` that feeds it moves into the shift (the bias becomes zero)."""
     state = dict(state)
     for name, norm in norms.items():
         scale = state[f"{name}.weight"] / torch.sqrt(state[f"{name}.running_var"] + norm.eps)
-        state[f"{name}.bias"] = state[f"{name}.bias"] - state[f"{name}.running_mean"] * scale
+        conv_bias = state[f"{conv_inputs[name]}.bias"] if name in conv_inputs else 0.0
+        state[f"{name}.bias"] = state[f"{name}.bias"] + (conv_bias - state[f"{name}.running_mean"]) * scale
         state[f"{name}.weight"] = scale
+        if name in conv_inputs:
+            state[f"{conv_inputs[name]}.bias"] = torch.zeros_like(conv_bias)
         for buffer in ("running_mean", "running_var", "num_batches_tracked"):
             state.pop(f"{name}.{buffer}", None)
     return state
@@ -250,6 +281,8 @@ def _unfolded_state(state: dict[str, torch.Tensor], model: nn.Module, names: lis
 
 
 def _tensor_nbytes(dtype: str, shape: list[int]) -> int:
+    if dtype == ZEROS:
+        return 0
     count = int(np.prod(shape, dtype=np.int64))
     if dtype == "uint8":
         return LINEAR_RANGE.size + count
@@ -382,6 +415,8 @@ def _decode_body(
 
 
 def _decode_tensor(raw: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
+    if dtype == ZEROS:
+        return torch.zeros(shape)
     if dtype == "uint8":
         return _from_linear_codes(raw, shape)
     array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
