@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--keep-filters", help="structured pruning first: fraction of filters kept, 0.75 or features.stage3=0.5,...")
     parser.add_argument("--density", default="conv3x3=0.08,conv1x1=0.12,stem=0.5,classifier=0.3")
     parser.add_argument("--bits", default="stem=6,conv3x3=3,default=4")
-    parser.add_argument("--centroid-update", choices=CENTROID_UPDATES, default="sum", help="sum (Han et al.) or mean of the weights' gradients")
+    parser.add_argument("--centroid-update", choices=CENTROID_UPDATES, default="mean", help="mean (default) or sum (Han et al.) of the weights' gradients")
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.01)

@@ -59,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compress.add_argument("--bits", default="5", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
     compress.add_argument("--init", choices=KMEANS_INITS, default="optimal", help="k-means: optimal (exact 1-D) or Han's linear init")
     compress.add_argument(
-        "--centroid-update", choices=CENTROID_UPDATES, default="sum",
-        help="fine-tuning moves each centroid by the sum (Han et al.) or the mean of its weights' gradients",
+        "--centroid-update", choices=CENTROID_UPDATES, default="mean",
+        help="fine-tuning moves each centroid by the mean (default) or the sum (Han et al.) of its weights' gradients",
     )
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")

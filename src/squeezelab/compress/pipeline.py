@@ -68,7 +68,7 @@ def compress_and_evaluate(
     density: DensitySpec | None = None,
     bits: int | Mapping[str, int] = 5,
     init: str = "optimal",
-    centroid_update: str = "sum",
+    centroid_update: str = "mean",
     keep_filters: float | Mapping[str, float] | None = None,
     data: DatasetSplits | None = None,
     finetune_epochs: int = 0,

@@ -1,11 +1,11 @@
 """Trained quantization (weight sharing) as a parametrization: ``weight = codebook[indices] * mask``.
 
-The codebook is the layer's trainable parameter. The gather's backward adds up the gradients of all
-weights that share a centroid, which is exactly Han et al.'s grouped centroid update, so any training
-loop fine-tunes the centroids while the sparsity pattern and the assignments stay fixed. With
-``centroid_update="mean"`` each centroid gets the mean of those gradients instead: a centroid shared by
-thousands of weights then takes steps the size of one weight's at the same learning rate, where the sum
-makes its steps (and a layer's effective learning rate) grow with the cluster's size.
+The codebook is the layer's trainable parameter, so any training loop fine-tunes the centroids while the
+sparsity pattern and the assignments stay fixed. Each centroid's gradient groups those of the weights
+sharing it: by default their mean (``centroid_update="mean"``), so a centroid shared by thousands of
+weights takes steps the size of one weight's at the same learning rate; ``"sum"`` is Han et al.'s
+update (what the gather's backward gives), whose steps, and a layer's effective learning rate, grow
+with the cluster's size (on CIFAR-10 at lr 0.01 it knocked a SqueezeNet from 87% to 14% train top-1).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ class _ScaledGradient(torch.autograd.Function):
 
 class WeightSharing(nn.Module):
     """Parametrization ``weight = codebook[indices] * mask`` (the input weight is ignored); ``centroid_update``
-    is ``"sum"`` (Han et al.) or ``"mean"`` of the gradients of the weights sharing a centroid."""
+    is ``"mean"`` or ``"sum"`` (Han et al.) of the gradients of the weights sharing a centroid."""
 
     def __init__(
-        self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, centroid_update: str = "sum"
+        self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, centroid_update: str = "mean"
     ) -> None:
         super().__init__()
         if centroid_update not in CENTROID_UPDATES:
@@ -76,7 +76,7 @@ def weight_sharing(module: nn.Module) -> WeightSharing | None:
     return None
 
 
-def share_weights(module: nn.Module, bits: int, init: str = "optimal", centroid_update: str = "sum") -> WeightSharing:
+def share_weights(module: nn.Module, bits: int, init: str = "optimal", centroid_update: str = "mean") -> WeightSharing:
     """Cluster the layer's surviving weights into at most ``2**bits`` shared values (k-means)."""
     return _share_all([module], [bits], init, centroid_update)[0]
 
@@ -97,7 +97,7 @@ def _share_all(modules: list[nn.Module], bits: list[int], init: str, centroid_up
 
 
 def set_weight_sharing(
-    module: nn.Module, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, centroid_update: str = "sum"
+    module: nn.Module, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, centroid_update: str = "mean"
 ) -> WeightSharing:
     """Replace the layer's parametrizations by weight sharing with the given codebook and assignment."""
     bake_module(module)
@@ -111,7 +111,7 @@ def set_weight_sharing(
 
 
 def quantize(
-    model: nn.Module, bits: int | Mapping[str, int], init: str = "optimal", centroid_update: str = "sum"
+    model: nn.Module, bits: int | Mapping[str, int], init: str = "optimal", centroid_update: str = "mean"
 ) -> dict[str, int]:
     """Weight-share every layer ``bits`` covers (pruned weights stay zero); returns codebook sizes.
     ``centroid_update``: see :class:`WeightSharing`.
