@@ -16,6 +16,8 @@ as results.md / stages.csv / stages.png in ``--out``.
     python benchmarks/cifar_compress.py runs/<best cifar run>/best.pt --dsd-epochs 3 --out benchmarks/results/cifar_compress
     python benchmarks/cifar_compress.py --quick-train 3 --limit 10000   # pipeline check on a quickly trained model
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/cifar_compress.py ...   # data-parallel fine-tuning
+
+The fine-tuning stages run in ``--out``/runs; rerunning the same command resumes an interrupted run.
 """
 
 from __future__ import annotations

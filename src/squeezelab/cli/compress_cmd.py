@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune on the dense model's soft targets too: their weight in [0, 1] (default 0: labels only)",
     )
     compress.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature (default 4)")
-    compress.add_argument("--run-dir", type=Path, help="fine-tuning run directories (checkpoints, curves)")
+    compress.add_argument("--run-dir", type=Path, help="fine-tuning run directories (checkpoints, curves); rerun to resume")
     compress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
     compress.add_argument("--quiet", action="store_true")
     compress.set_defaults(func=run_compress)

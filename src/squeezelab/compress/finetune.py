@@ -45,7 +45,8 @@ def finetune(
     targets to the labels."""
     run_path = Path(run_dir) if run_dir is not None else None
     resume = resume and run_path is not None and (run_path / "last.pt").is_file()
-    return fit(model, config, data, run_path, resume=resume, progress=progress, log=log, teacher=teacher)
+    hint = f"rerun the same command to resume from the checkpoints in {run_path.parent}" if run_path else None
+    return fit(model, config, data, run_path, resume=resume, progress=progress, log=log, teacher=teacher, resume_hint=hint)
 
 
 def distill(

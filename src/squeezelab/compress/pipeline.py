@@ -4,6 +4,7 @@ entropy-code to a ``.sqz`` file -> evaluate the model decoded from that file."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch.nn as nn
 from squeezelab.data import DatasetSplits, build_loaders
 from squeezelab.models.profile import MB
 from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run_data, distributed_session, evaluate
+from squeezelab.utils.files import atomic_write_text
 
 from .finetune import finetune, finetune_config
 from .pruning import DensitySpec, iterative_prune
@@ -24,6 +26,7 @@ from .sqz import inspect_compressed, load_compressed, save_compressed
 from .structured import prune_filters
 
 EVAL_BATCH = 256
+SETTINGS_FILE = "compression.json"
 
 
 @dataclass
@@ -91,6 +94,11 @@ def compress_and_evaluate(
     taken before any pruning). With ``data``, the dense model and the model decoded from the written file
     are evaluated on its test split. Under ``torchrun`` every fine-tuning stage is data-parallel (a DDP
     :func:`~squeezelab.train.fit`), every process returns the same outcome and only rank 0 writes files.
+
+    With ``run_dir``, calling again with the same model and settings resumes an interrupted run: each
+    fine-tuning stage continues from its own ``last.pt`` (a finished stage just reloads its best weights), and
+    since pruning and k-means are deterministic functions of those weights, every later stage starts where
+    the first attempt would have. Other compression settings in the same ``run_dir`` are an error.
     """
     if finetune_epochs < 0 or prune_steps < 1:
         raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
@@ -102,12 +110,16 @@ def compress_and_evaluate(
         dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
         teacher = copy.deepcopy(model).eval() if finetune_epochs and config.distill else None
         runs = Path(run_dir) if run_dir is not None else None
+        if runs is not None and finetune_epochs:
+            settings = {"density": density, "bits": bits, "init": init, "centroid_update": centroid_update,
+                        "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
+            _claim_run_dir(runs, settings, dist_info.is_main)
         results = []
 
         def tune(stage: str) -> None:
             if finetune_epochs:
                 stage_dir = runs / stage if runs else None
-                result = finetune(model, data, config, stage_dir, progress=progress, log=log, teacher=teacher)
+                result = finetune(model, data, config, stage_dir, resume=True, progress=progress, log=log, teacher=teacher)
                 results.append(result.test)
 
         if keep_filters is not None:
@@ -122,6 +134,20 @@ def compress_and_evaluate(
         decoded = load_compressed(path)
         compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
+
+
+def _claim_run_dir(runs: Path, settings: dict, is_main: bool) -> None:
+    """Record the compression settings in ``runs`` (rank 0), or check them against those of the run being resumed."""
+    record = runs / SETTINGS_FILE
+    current = json.loads(json.dumps(settings, default=repr))  # StdThreshold has no JSON form; its repr is exact
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
+        if changed:
+            raise ValueError(f"{record}: this run directory holds a compression with other settings "
+                             f"({'; '.join(changed)}); give another run directory")  # fmt: skip
+    elif is_main:
+        atomic_write_text(record, json.dumps(current, indent=2) + "\n")
 
 
 def _save_on_main(dist_info: DistInfo, model: nn.Module, path, *coding) -> SizeReport:

@@ -76,6 +76,7 @@ def fit(
     log: Callable[[str], None] | None = print,
     evaluate_test: bool = True,
     teacher: nn.Module | None = None,
+    resume_hint: str | None = None,
 ) -> FitResult:
     """Train ``model`` as ``config`` says on ``data`` (splits, or loaders from ``build_loaders``).
 
@@ -86,7 +87,8 @@ def fit(
     ``squeezelab.train.rundir``); ``resume=True`` continues from ``run_dir/last.pt``. Under ``torchrun`` the
     model is wrapped in ``DistributedDataParallel`` and only rank 0 writes files or logs. With
     ``config.distill`` > 0 the loss mixes in the soft targets of ``teacher`` (or of the model file named by
-    ``config.teacher``), which runs frozen in eval mode.
+    ``config.teacher``), which runs frozen in eval mode. On Ctrl-C, ``resume_hint`` (default: the
+    ``squeezelab train --resume`` command) tells the user how to continue.
     """
     dist_info, own_group = join_process_group(config.device)
     device = resolve_device(config.device, dist_info.local_rank)
@@ -142,7 +144,7 @@ def fit(
         raise NonFiniteLossError(f"{exc}; stopped, {kept}") from None
     except KeyboardInterrupt:
         if run.path is not None and dist_info.is_main:
-            print(f"\ninterrupted: resume with `squeezelab train --resume {run.path}`", file=sys.stderr)
+            print(f"\ninterrupted: {resume_hint or f'resume with `squeezelab train --resume {run.path}`'}", file=sys.stderr)
         raise
 
     if state.best_weights is not None:

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from squeezelab.compress import load_compressed
+from squeezelab.compress.pipeline import compress_and_evaluate
+
+from .conftest import trained_tiny
+
+SETTINGS = {"density": {"default": 0.4}, "bits": 4, "finetune_epochs": 2, "prune_steps": 2}
+
+
+class _StopAfter:
+    """A log that interrupts the run like Ctrl-C after ``epochs`` epoch lines (each follows a saved checkpoint)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.left = epochs
+
+    def __call__(self, message: str) -> None:
+        if message.startswith("epoch"):
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt
+
+
+def _compress(trained, digits, config, run_dir, path, log=None, **changes):
+    return compress_and_evaluate(
+        trained_tiny(trained), path, data=digits, train_config=config, run_dir=run_dir, progress=False, log=log,
+        **{**SETTINGS, **changes},
+    )  # fmt: skip
+
+
+def test_interrupted_compression_resumes_to_the_same_file(tmp_path, capsys, trained_state, digits, tiny_config):
+    config = tiny_config.updated(epochs=2)
+    whole = _compress(trained_state, digits, config, tmp_path / "whole", tmp_path / "whole.sqz")
+    # stop in the second pruning step's first epoch (stages: prune1, prune2, quantized; 2 epochs each)
+    with pytest.raises(KeyboardInterrupt):
+        _compress(trained_state, digits, config, tmp_path / "cut", tmp_path / "cut.sqz", log=_StopAfter(3))
+    assert f"rerun the same command to resume from the checkpoints in {tmp_path / 'cut'}" in capsys.readouterr().err
+    assert not (tmp_path / "cut.sqz").exists() and not (tmp_path / "cut" / "quantized").exists()
+    messages = []
+    resumed = _compress(trained_state, digits, config, tmp_path / "cut", tmp_path / "cut.sqz", log=messages.append)
+    # the finished first step is not trained again, the second continues after its saved epoch
+    assert [m for m in messages if m.startswith("resuming")] == [
+        f"resuming {tmp_path / 'cut' / 'prune1'} after epoch 2", f"resuming {tmp_path / 'cut' / 'prune2'} after epoch 1"
+    ]
+    assert len([m for m in messages if m.startswith("epoch")]) == 3
+    assert len(resumed.finetune_results) == len(whole.finetune_results) == 3
+    for got, expected in zip(resumed.finetune_results + [resumed.compressed_metrics], whole.finetune_results + [whole.compressed_metrics]):
+        assert (got["top1"], got["loss"], got["confusion"]) == (expected["top1"], expected["loss"], expected["confusion"])
+    expected = load_compressed(tmp_path / "whole.sqz").state_dict()
+    for key, value in load_compressed(tmp_path / "cut.sqz").state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+
+
+def test_resuming_with_other_settings_names_the_run_directory(tmp_path, trained_state, digits, tiny_config):
+    config = tiny_config.updated(epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", log=_StopAfter(1))
+    with pytest.raises(ValueError, match=r"compression\.json.*density"):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", density={"default": 0.3})
+
