@@ -59,3 +59,12 @@ def test_resuming_with_other_settings_names_the_run_directory(tmp_path, trained_
     with pytest.raises(ValueError, match=r"compression\.json.*density"):
         _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", density={"default": 0.3})
 
+
+
+def test_resuming_from_another_model_is_an_error(tmp_path, trained_state, digits, tiny_config):
+    config = tiny_config.updated(epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", log=_StopAfter(1))
+    other = {**trained_state, "state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in trained_state["state_dict"].items()}}
+    with pytest.raises(ValueError, match=r"compression\.json.*model"):
+        _compress(other, digits, config, tmp_path / "run", tmp_path / "a.sqz")

@@ -4,12 +4,15 @@ entropy-code to a ``.sqz`` file -> evaluate the model decoded from that file."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+import torch
 import torch.distributed as dist
 import torch.nn as nn
 
@@ -98,7 +101,8 @@ def compress_and_evaluate(
     With ``run_dir``, calling again with the same model and settings resumes an interrupted run: each
     fine-tuning stage continues from its own ``last.pt`` (a finished stage just reloads its best weights), and
     since pruning and k-means are deterministic functions of those weights, every later stage starts where
-    the first attempt would have. Other compression settings in the same ``run_dir`` are an error.
+    the first attempt would have. Another model or other compression settings in the same ``run_dir`` are
+    an error.
     """
     if finetune_epochs < 0 or prune_steps < 1:
         raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
@@ -111,8 +115,8 @@ def compress_and_evaluate(
         teacher = copy.deepcopy(model).eval() if finetune_epochs and config.distill else None
         runs = Path(run_dir) if run_dir is not None else None
         if runs is not None and finetune_epochs:
-            settings = {"density": density, "bits": bits, "init": init, "centroid_update": centroid_update,
-                        "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
+            settings = {"model": _fingerprint(model), "density": density, "bits": bits, "init": init,
+                        "centroid_update": centroid_update, "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
             _claim_run_dir(runs, settings, dist_info.is_main)
         results = []
 
@@ -136,18 +140,31 @@ def compress_and_evaluate(
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
 
 
+def _fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's tensors: a resumed compression must start from the same weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _claim_run_dir(runs: Path, settings: dict, is_main: bool) -> None:
     """Record the compression settings in ``runs`` (rank 0), or check them against those of the run being resumed."""
     record = runs / SETTINGS_FILE
     current = json.loads(json.dumps(settings, default=repr))  # StdThreshold has no JSON form; its repr is exact
     if record.is_file():
         saved = json.loads(record.read_text())
-        changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
+        changed = [_change(key, saved.get(key), value) for key, value in current.items() if saved.get(key) != value]
         if changed:
             raise ValueError(f"{record}: this run directory holds a compression with other settings "
                              f"({'; '.join(changed)}); give another run directory")  # fmt: skip
     elif is_main:
         atomic_write_text(record, json.dumps(current, indent=2) + "\n")
+
+
+def _change(key: str, saved, current) -> str:
+    return "model: other weights" if key == "model" else f"{key}: {saved!r} -> {current!r}"
 
 
 def _save_on_main(dist_info: DistInfo, model: nn.Module, path, *coding) -> SizeReport:
@@ -175,6 +192,8 @@ def quickstart_compress(
     """Compress the quickstart's trained digits model to ``out_dir/model.sqz`` and evaluate both."""
     data = build_run_data(QUICKSTART_CONFIG, progress)
     out_dir = Path(out_dir)
+    # the quickstart has just trained this model: stages left by an earlier quickstart in the same folder are stale
+    shutil.rmtree(out_dir / "compress", ignore_errors=True)
     outcome = compress_and_evaluate(
         model,
         out_dir / "model.sqz",
