@@ -68,3 +68,10 @@ def test_resuming_from_another_model_is_an_error(tmp_path, trained_state, digits
     other = {**trained_state, "state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in trained_state["state_dict"].items()}}
     with pytest.raises(ValueError, match=r"compression\.json.*model"):
         _compress(other, digits, config, tmp_path / "run", tmp_path / "a.sqz")
+
+
+def test_corrupt_settings_record_names_the_file(tmp_path, trained_state, digits, tiny_config):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "compression.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"compression\.json: unreadable settings"):
+        _compress(trained_state, digits, tiny_config.updated(epochs=2), tmp_path / "run", tmp_path / "a.sqz")

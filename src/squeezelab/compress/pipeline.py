@@ -154,7 +154,12 @@ def _claim_run_dir(runs: Path, settings: dict, is_main: bool) -> None:
     record = runs / SETTINGS_FILE
     current = json.loads(json.dumps(settings, default=repr))  # StdThreshold has no JSON form; its repr is exact
     if record.is_file():
-        saved = json.loads(record.read_text())
+        try:
+            saved = json.loads(record.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            saved = f"{type(exc).__name__}: {exc}"
+        if not isinstance(saved, dict):
+            raise ValueError(f"{record}: unreadable settings of the run being resumed ({saved}); give another run directory")
         changed = [_change(key, saved.get(key), value) for key, value in current.items() if saved.get(key) != value]
         if changed:
             raise ValueError(f"{record}: this run directory holds a compression with other settings "
