@@ -46,4 +46,9 @@ def test_torchrun_two_processes_train_with_ddp(tiny_config, tmp_path):
     assert record["epoch"] == 1 and not any(k.startswith("module.") for k in record["state_dict"])
     # 270 training images: each rank gets 135 and makes 2 full batches of 48 (one process alone would make 5).
     assert record["history"][0]["train_images"] == 2 * 2 * 48
-    assert json.loads((run / "results.json").read_text())["test"]["images"] == 300  # sharded test, summed
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert test["images"] == 300  # sharded test, summed
+    # The sharded test figures are those of the weights rank 0 saved (batch-norm statistics included).
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--dataset", "digits", "--limit", "300", "--json", str(tmp_path / "e.json")]) == 0
+    alone = json.loads((tmp_path / "e.json").read_text())
+    assert alone["top1"] == test["top1"] and abs(alone["loss"] - test["loss"]) < 1e-5

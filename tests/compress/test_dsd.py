@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from squeezelab.compress import prunable_layers
@@ -18,8 +19,17 @@ def test_dense_sparse_dense_phases_and_resume(tmp_path, digits, tiny_config):
     revived = sum(int((m.weight[zeros[n]] != 0).sum()) for n, m in prunable_layers(model).items())
     assert revived > 0 and not hasattr(model.features[0], "parametrizations")
     # A finished run resumes to its final weights without training again.
-    again = tiny_model(seed=1)
+    again = tiny_model()
     rerun = dense_sparse_dense(again, digits, tiny_config, {"default": 0.5}, run_dir=tmp_path, progress=False, log=None)
     assert rerun.redense is None
     for key, value in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value)
+
+
+def test_resuming_dsd_with_other_settings_names_the_settings_file(tmp_path, digits, tiny_config):
+    config = tiny_config.updated(epochs=1)
+    dense_sparse_dense(tiny_model(), digits, config, 0.5, dense_epochs=0, run_dir=tmp_path, progress=False, log=None)
+    with pytest.raises(ValueError, match=r"dsd\.json: .*DSD run with other settings \(density: 0\.5 -> 0\.3\)"):
+        dense_sparse_dense(tiny_model(), digits, config, 0.3, dense_epochs=0, run_dir=tmp_path, progress=False, log=None)
+    with pytest.raises(ValueError, match=r"dsd\.json: .*model: other weights"):
+        dense_sparse_dense(tiny_model(seed=1), digits, config, 0.5, dense_epochs=0, run_dir=tmp_path, progress=False, log=None)

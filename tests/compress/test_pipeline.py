@@ -44,6 +44,7 @@ def test_interrupted_compression_resumes_to_the_same_file(tmp_path, capsys, trai
         f"resuming {tmp_path / 'cut' / 'prune1'} after epoch 2", f"resuming {tmp_path / 'cut' / 'prune2'} after epoch 1"
     ]
     assert len([m for m in messages if m.startswith("epoch")]) == 3
+    assert len([m for m in messages if m.startswith("training")]) == 2  # none for the finished first step
     assert len(resumed.finetune_results) == len(whole.finetune_results) == 3
     for got, expected in zip(resumed.finetune_results + [resumed.compressed_metrics], whole.finetune_results + [whole.compressed_metrics]):
         assert (got["top1"], got["loss"], got["confusion"]) == (expected["top1"], expected["loss"], expected["confusion"])

@@ -3,6 +3,7 @@ pruned connections (at zero) and retrain everything at a lower learning rate.
 
 Each phase is an ordinary ``squeezelab.train.fit`` run in its own sub-folder of ``run_dir``; a phase that
 finished leaves a model file there, so an interrupted DSD run resumes at the phase (and epoch) it reached.
+``run_dir/dsd.json`` records the starting weights and the settings; resuming with others is an error.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from squeezelab.train.checkpoint import load_checkpoint, load_weights
 
 from .finetune import finetune
 from .pruning import DensitySpec, bake, prune, save_plain_model
+from .runrecord import claim_run_dir, fingerprint
 
 PHASES = ("dense", "sparse", "redense")
 PHASE_MODEL = "model.pt"
+SETTINGS_FILE = "dsd.json"
 
 
 @dataclass
@@ -69,6 +72,9 @@ def dense_sparse_dense(
     densities: dict[str, float] = {}
     done = _last_finished_phase(root)
     with distributed_session(config.device) as dist_info:
+        if root is not None:
+            settings = {"model": fingerprint(model), "density": density, "epochs": epochs, "redense_lr_scale": redense_lr_scale}
+            claim_run_dir(root / SETTINGS_FILE, settings, dist_info.is_main, "a DSD run")
         for index, phase in enumerate(PHASES):
             if done is not None and index <= PHASES.index(done):
                 if phase == done:

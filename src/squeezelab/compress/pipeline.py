@@ -4,8 +4,6 @@ entropy-code to a ``.sqz`` file -> evaluate the model decoded from that file."""
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,11 +17,11 @@ import torch.nn as nn
 from squeezelab.data import DatasetSplits, build_loaders
 from squeezelab.models.profile import MB
 from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run_data, distributed_session, evaluate
-from squeezelab.utils.files import atomic_write_text
 
 from .finetune import finetune, finetune_config
 from .pruning import DensitySpec, iterative_prune
 from .report import SizeReport
+from .runrecord import claim_run_dir, fingerprint
 from .sharing import quantize
 from .sqz import inspect_compressed, load_compressed, save_compressed
 from .structured import prune_filters
@@ -115,9 +113,9 @@ def compress_and_evaluate(
         teacher = copy.deepcopy(model).eval() if finetune_epochs and config.distill else None
         runs = Path(run_dir) if run_dir is not None else None
         if runs is not None and finetune_epochs:
-            settings = {"model": _fingerprint(model), "density": density, "bits": bits, "init": init,
+            settings = {"model": fingerprint(model), "density": density, "bits": bits, "init": init,
                         "centroid_update": centroid_update, "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
-            _claim_run_dir(runs, settings, dist_info.is_main)
+            claim_run_dir(runs / SETTINGS_FILE, settings, dist_info.is_main, "a compression")
         results = []
 
         def tune(stage: str) -> None:
@@ -138,38 +136,6 @@ def compress_and_evaluate(
         decoded = load_compressed(path)
         compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
-
-
-def _fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's tensors: a resumed compression must start from the same weights."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _claim_run_dir(runs: Path, settings: dict, is_main: bool) -> None:
-    """Record the compression settings in ``runs`` (rank 0), or check them against those of the run being resumed."""
-    record = runs / SETTINGS_FILE
-    current = json.loads(json.dumps(settings, default=repr))  # StdThreshold has no JSON form; its repr is exact
-    if record.is_file():
-        try:
-            saved = json.loads(record.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            saved = f"{type(exc).__name__}: {exc}"
-        if not isinstance(saved, dict):
-            raise ValueError(f"{record}: unreadable settings of the run being resumed ({saved}); give another run directory")
-        changed = [_change(key, saved.get(key), value) for key, value in current.items() if saved.get(key) != value]
-        if changed:
-            raise ValueError(f"{record}: this run directory holds a compression with other settings "
-                             f"({'; '.join(changed)}); give another run directory")  # fmt: skip
-    elif is_main:
-        atomic_write_text(record, json.dumps(current, indent=2) + "\n")
-
-
-def _change(key: str, saved, current) -> str:
-    return "model: other weights" if key == "model" else f"{key}: {saved!r} -> {current!r}"
 
 
 def _save_on_main(dist_info: DistInfo, model: nn.Module, path, *coding) -> SizeReport:

@@ -116,8 +116,9 @@ def fit(
     train_model = _wrap(model, config, device, dist_info)
     criterion = training_loss(config, _teacher(teacher, config), device, amp)
 
-    say(f"training {config.model} on {loaders.splits.describe()} | {device}, amp {_dtype_name(amp)}, "
-        f"{count_params(model):,} parameters, {config.epochs} epochs")
+    if state.epoch < config.epochs:  # a finished run being resumed only reloads its best weights
+        say(f"training {config.model} on {loaders.splits.describe()} | {device}, amp {_dtype_name(amp)}, "
+            f"{count_params(model):,} parameters, {config.epochs} epochs")
     dead_outputs = _DeadOutputWatch(loaders.splits.class_names)
     try:
         for epoch in range(state.epoch, config.epochs):
@@ -125,6 +126,7 @@ def fit(
             _seed_epoch(config.seed, epoch, dist_info.rank)
             loaders.train.set_epoch(epoch)
             train = _train_epoch(train_model, loaders.train, criterion, optimizer, scheduler, scaler, config, device, amp, epoch, show_bars)
+            _adopt_rank0_buffers(model, dist_info)
             val = evaluate(model, loaders.val, device, amp=amp, channels_last=config.channels_last) if loaders.val else None
             if val is not None:
                 dead_outputs.update(val["constant_outputs"], last_epoch=epoch + 1 == config.epochs)
@@ -197,6 +199,15 @@ def _resolved(config: TrainConfig, model: nn.Module, splits: DatasetSplits) -> T
         kwargs = {k: v for k, v in spec.get("kwargs", {}).items() if k not in ("num_classes", "in_chans")}
         changes.update(model=spec["name"], model_kwargs=kwargs)
     return config.updated(**changes)
+
+
+def _adopt_rank0_buffers(model: nn.Module, dist_info: DistInfo) -> None:
+    """Give every process rank 0's batch-norm statistics. DDP broadcasts them before each forward, but each
+    process then updates its own copy with its own last batch; without this the sharded validation and test
+    figures would mix two slightly different models, neither quite the one rank 0 saves."""
+    if dist_info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, dist_info: DistInfo) -> nn.Module:
