@@ -38,7 +38,7 @@ import torch
 from squeezelab.compress import parse_bits_spec, parse_density_spec, parse_per_layer, plain_copy, prunable_layers
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
-from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate
+from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs
 from squeezelab.compress.sharing import CENTROID_UPDATES
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_datasets, dataset_options_from_config
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--centroid-update", choices=CENTROID_UPDATES, default="mean", help="mean (default) or sum (Han et al.) of the weights' gradients")
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--stage-epochs", help="epochs of named stages instead, e.g. prune5=16,quantized=6")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float16", help="biases, batch norm")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
@@ -121,6 +122,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         data=splits,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
+        stage_epochs=parse_stage_epochs(args.stage_epochs),
         train_config=finetune_config(
             args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp, distill=args.distill
         ),
@@ -135,7 +137,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         f"model: {model.model_spec['name']} {json.dumps(model.model_spec['kwargs'])}",
         "recipe: " + (f"filters kept {args.keep_filters}; " if args.keep_filters else "") + f"density {args.density}; bits {args.bits}; {args.prune_steps} prune steps; "
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
-        f"{args.finetune_epochs} fine-tuning epochs per stage at lr {args.lr}"
+        f"{args.finetune_epochs} fine-tuning epochs per stage{f' ({args.stage_epochs})' if args.stage_epochs else ''} at lr {args.lr}"
         + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),
         f"dense fp32 model file: {dense_bytes:,} bytes; test top-1 {outcome.dense_metrics['top1']:.2f}% "
         f"({outcome.dense_metrics['images']:,} CIFAR-10 test images, JPEG copy)",

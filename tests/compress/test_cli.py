@@ -58,6 +58,8 @@ def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
     assert "--bits" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--finetune-epochs", "1"]) == 2
     assert "needs data" in capsys.readouterr().err
+    assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--stage-epochs", "4"]) == 2
+    assert "--stage-epochs: expected STAGE=N" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes_compress_and_dsd_with_ddp_fine_tuning(tmp_path, model_file):

@@ -76,3 +76,23 @@ def test_corrupt_settings_record_names_the_file(tmp_path, trained_state, digits,
     (tmp_path / "run" / "compression.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"compression\.json: unreadable settings"):
         _compress(trained_state, digits, tiny_config.updated(epochs=2), tmp_path / "run", tmp_path / "a.sqz")
+
+
+def test_stage_epochs_give_named_stages_their_own_length(tmp_path, trained_state, digits, tiny_config):
+    config = tiny_config.updated(epochs=1)
+    outcome = _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", finetune_epochs=1,
+                        stage_epochs={"prune2": 3})  # fmt: skip
+    trained = {stage: len(torch.load(tmp_path / "run" / stage / "last.pt", weights_only=True)["history"])
+               for stage in ("prune1", "prune2", "quantized")}  # fmt: skip
+    assert trained == {"prune1": 1, "prune2": 3, "quantized": 1} and len(outcome.finetune_results) == 3
+    # the override is part of the run's settings: resuming without it is refused
+    with pytest.raises(ValueError, match=r"compression\.json.*stage_epochs: \{'prune2': 3\} -> None"):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", finetune_epochs=1)
+
+
+@pytest.mark.parametrize("stage_epochs, message", [({"prune3": 2}, r"no stage named 'prune3'.*prune1, prune2, quantized"),
+                                                   ({"quantized": 0}, r"epochs must be >= 1")])  # fmt: skip
+def test_bad_stage_epochs_name_the_stage(tmp_path, trained_state, digits, tiny_config, stage_epochs, message):
+    with pytest.raises(ValueError, match=message):
+        _compress(trained_state, digits, tiny_config, tmp_path / "run", tmp_path / "a.sqz", stage_epochs=stage_epochs)
+    assert not (tmp_path / "run").exists()

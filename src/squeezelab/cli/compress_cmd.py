@@ -18,7 +18,7 @@ from squeezelab.compress.coding import SYMBOL_ENCODERS
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config
 from squeezelab.compress.kmeans import KMEANS_INITS
-from squeezelab.compress.pipeline import compress_and_evaluate
+from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs
 from squeezelab.compress.sharing import CENTROID_UPDATES
 from squeezelab.compress.positions import POSITION_CODERS
 from squeezelab.compress.sqz import FLOAT_STORAGE
@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_data_arguments(compress, required=False)
     compress.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after each stage")
     compress.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps (each fine-tuned)")
+    compress.add_argument(
+        "--stage-epochs", metavar="STAGE=N,...",
+        help="epochs of named stages instead of --finetune-epochs (stages: filters, prune1..pruneN, quantized), e.g. prune5=16",
+    )
     compress.add_argument("--lr", type=float, default=0.001, help="fine-tuning learning rate")
     compress.add_argument("--batch-size", type=int, default=128)
     compress.add_argument(
@@ -159,6 +163,7 @@ def run_compress(args: argparse.Namespace) -> int:
             data=data,
             finetune_epochs=args.finetune_epochs,
             prune_steps=args.prune_steps,
+            stage_epochs=parse_stage_epochs(args.stage_epochs),
             train_config=finetune_config(
                 max(args.finetune_epochs, 1),
                 lr=args.lr,

@@ -19,6 +19,7 @@ from squeezelab.models.profile import MB
 from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run_data, distributed_session, evaluate
 
 from .finetune import finetune, finetune_config
+from .layers import parse_per_layer
 from .pruning import DensitySpec, iterative_prune
 from .report import SizeReport
 from .runrecord import claim_run_dir, fingerprint
@@ -77,6 +78,7 @@ def compress_and_evaluate(
     data: DatasetSplits | None = None,
     finetune_epochs: int = 0,
     prune_steps: int = 1,
+    stage_epochs: Mapping[str, int] | None = None,
     train_config: TrainConfig | None = None,
     run_dir: str | os.PathLike | None = None,
     index_coder: str = "auto",
@@ -90,7 +92,9 @@ def compress_and_evaluate(
 
     ``keep_filters`` first removes whole filters (:func:`.structured.prune_filters`, then fine-tuning);
     with ``prune_steps`` > 1 pruning is iterative (each step followed by ``finetune_epochs`` of
-    fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more. If
+    fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more.
+    ``stage_epochs`` gives named stages ("filters", "prune1" .. "prune<steps>", "quantized") their own
+    number of epochs, for example a long last pruning stage, where most of the accuracy is lost. If
     ``train_config.distill`` > 0, fine-tuning also learns from the dense model's soft targets (a frozen copy
     taken before any pruning). With ``data``, the dense model and the model decoded from the written file
     are evaluated on its test split. Under ``torchrun`` every fine-tuning stage is data-parallel (a DDP
@@ -104,24 +108,29 @@ def compress_and_evaluate(
     """
     if finetune_epochs < 0 or prune_steps < 1:
         raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
-    if finetune_epochs and data is None:
+    epochs = _epochs_per_stage(finetune_epochs, stage_epochs or {}, prune_steps, keep_filters is not None, density is not None)
+    tuning = any(epochs.values())
+    if tuning and data is None:
         raise ValueError("fine-tuning needs data (a dataset name and root)")
     config = finetune_config(finetune_epochs or 1, train_config)
     with distributed_session(config.device) as dist_info:
         test_loader = build_loaders(data, EVAL_BATCH).test if data is not None else None
         dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
-        teacher = copy.deepcopy(model).eval() if finetune_epochs and config.distill else None
+        teacher = copy.deepcopy(model).eval() if tuning and config.distill else None
         runs = Path(run_dir) if run_dir is not None else None
-        if runs is not None and finetune_epochs:
+        if runs is not None and tuning:
             settings = {"model": fingerprint(model), "density": density, "bits": bits, "init": init,
                         "centroid_update": centroid_update, "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
+            if stage_epochs:
+                settings["stage_epochs"] = dict(stage_epochs)
             claim_run_dir(runs / SETTINGS_FILE, settings, dist_info.is_main, "a compression")
         results = []
 
         def tune(stage: str) -> None:
-            if finetune_epochs:
+            if epochs[stage]:
                 stage_dir = runs / stage if runs else None
-                result = finetune(model, data, config, stage_dir, resume=True, progress=progress, log=log, teacher=teacher)
+                stage_config = config.updated(epochs=epochs[stage])
+                result = finetune(model, data, stage_config, stage_dir, resume=True, progress=progress, log=log, teacher=teacher)
                 results.append(result.test)
 
         if keep_filters is not None:
@@ -136,6 +145,30 @@ def compress_and_evaluate(
         decoded = load_compressed(path)
         compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
+
+
+def parse_stage_epochs(text: str | None) -> dict[str, int]:
+    """``prune5=16,quantized=4`` -> ``{"prune5": 16, "quantized": 4}`` (the ``--stage-epochs`` option)."""
+    if not text:
+        return {}
+    parsed = parse_per_layer(text, int, "--stage-epochs")
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--stage-epochs: expected STAGE=N,... such as prune5=16,quantized=4, got {text!r}")
+    return parsed
+
+
+def _epochs_per_stage(
+    default: int, overrides: Mapping[str, int], prune_steps: int, filters: bool, pruning: bool
+) -> dict[str, int]:
+    stages = (["filters"] if filters else []) + ([f"prune{step}" for step in range(1, prune_steps + 1)] if pruning else [])
+    stages.append("quantized")
+    unknown = sorted(set(overrides) - set(stages))
+    if unknown:
+        raise ValueError(f"stage_epochs: no stage named {', '.join(map(repr, unknown))} in this run; its stages are {', '.join(stages)}")
+    too_few = {stage: n for stage, n in overrides.items() if n < 1}
+    if too_few:
+        raise ValueError(f"stage_epochs: epochs must be >= 1, got {too_few}")
+    return {stage: overrides.get(stage, default) for stage in stages}
 
 
 def _save_on_main(dist_info: DistInfo, model: nn.Module, path, *coding) -> SizeReport:

@@ -39,7 +39,7 @@ def claim_run_dir(record: Path, settings: dict, is_main: bool, kind: str) -> Non
             saved = f"{type(exc).__name__}: {exc}"
         if not isinstance(saved, dict):
             raise ValueError(f"{record}: unreadable settings of the run being resumed ({saved}); give another run directory")
-        changed = [_change(key, saved.get(key), value) for key, value in current.items() if saved.get(key) != value]
+        changed = [_change(key, saved.get(key), current.get(key)) for key in {**saved, **current} if saved.get(key) != current.get(key)]
         if changed:
             raise ValueError(f"{record}: this run directory holds {kind} with other settings "
                              f"({'; '.join(changed)}); give another run directory")  # fmt: skip
