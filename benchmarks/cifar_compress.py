@@ -37,14 +37,14 @@ import torch
 
 from squeezelab.compress import parse_bits_spec, parse_density_spec, parse_per_layer, plain_copy, prunable_layers
 from squeezelab.compress.dsd import dense_sparse_dense
-from squeezelab.compress.finetune import finetune_config
+from squeezelab.compress.finetune import INHERITED, finetune_config, finetune_data
 from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs
 from squeezelab.compress.sharing import CENTROID_UPDATES
 from squeezelab.compress.sqz import FLOAT_STORAGE
-from squeezelab.data import build_datasets, dataset_options_from_config
+from squeezelab.data import build_datasets
 from squeezelab.models import create_model
 from squeezelab.models.files import save_model
-from squeezelab.train import TrainConfig, distributed_session, fit, load_trained_model
+from squeezelab.train import TrainConfig, distributed_session, fit, load_trained_model, training_config_of
 from squeezelab.utils.files import atomic_write_bytes, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,9 +108,15 @@ def main() -> None:
 def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict], CompressionOutcome]:
     """Run the pipeline (and DSD) on the model ``args`` name: the summary lines, stage rows and outcome."""
     model = load_trained_model(args.checkpoint) if args.checkpoint else quickly_trained(args.quick_train, args.data, args.limit, args.quick_model)
+    # fine-tune on the dense model's own training split, augmentation and label smoothing (if it records them)
+    training = training_config_of(args.checkpoint) if args.checkpoint else None
     dense_file = Path(tempfile.mkdtemp()) / "dense.pt"
     save_model(model, dense_file)
-    splits = build_datasets("cifar10", args.data, limit=args.limit, progress=False, **dataset_options_from_config(model.default_cfg))
+    config = finetune_config(
+        max(args.finetune_epochs, 1), training=training, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp,
+        distill=args.distill,
+    )
+    splits = finetune_data("cifar10", args.data, model, config, limit=args.limit, progress=False)
     dense_model = plain_copy(model)
     outcome = compress_and_evaluate(
         model,
@@ -123,9 +129,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
         stage_epochs=parse_stage_epochs(args.stage_epochs),
-        train_config=finetune_config(
-            args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp, distill=args.distill
-        ),
+        train_config=config,
         run_dir=args.out / "runs",
         tensor_dtype=args.tensor_dtype,
         fold_batch_norm=args.fold_bn,
@@ -139,6 +143,8 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
         f"{args.finetune_epochs} fine-tuning epochs per stage{f' ({args.stage_epochs})' if args.stage_epochs else ''} at lr {args.lr}"
         + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),
+        "fine-tuning data and loss: " + (", ".join(f"{name} {getattr(training, name)}" for name in INHERITED)
+                                         + " (as the dense model was trained)" if training else "defaults (the model records no training config)"),
         f"dense fp32 model file: {dense_bytes:,} bytes; test top-1 {outcome.dense_metrics['top1']:.2f}% "
         f"({outcome.dense_metrics['images']:,} CIFAR-10 test images, JPEG copy)",
         f"compressed .sqz file:  {outcome.report.file_bytes:,} bytes; test top-1 {outcome.compressed_metrics['top1']:.2f}%",
@@ -148,7 +154,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
     dense_weights = sum(m.weight.numel() for m in prunable_layers(dense_model).values())
     stages = stage_rows(outcome, dense_bytes, dense_weights, args.prune_steps, bool(args.keep_filters))
     if args.dsd_epochs:
-        stages.append(dsd_row(dense_model, splits, args, dense_bytes, outcome.report.params))
+        stages.append(dsd_row(dense_model, splits, args, dense_bytes, outcome.report.params, training))
     return lines, stages, outcome
 
 
@@ -169,10 +175,12 @@ def stage_rows(outcome, dense_bytes: int, dense_weights: int, prune_steps: int, 
     return rows
 
 
-def dsd_row(dense_model: torch.nn.Module, splits, args: argparse.Namespace, dense_bytes: int, weights: int) -> dict:
+def dsd_row(
+    dense_model: torch.nn.Module, splits, args: argparse.Namespace, dense_bytes: int, weights: int, training: TrainConfig | None
+) -> dict:
     """DSD from the trained dense model: its result is again a dense model of the same size (``weights``
     counts the prunable weights, as for the other rows)."""
-    config = finetune_config(args.dsd_epochs, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp)
+    config = finetune_config(args.dsd_epochs, training=training, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp)
     result = dense_sparse_dense(dense_model, splits, config, args.dsd_density, dense_epochs=0, run_dir=args.out / "dsd")
     return _row(f"DSD ({args.dsd_epochs} sparse at {args.dsd_density:.0%} + {args.dsd_epochs} re-dense epochs)",
                 dense_bytes, weights, result.redense)

@@ -77,3 +77,29 @@ def test_torchrun_two_processes_compress_and_dsd_with_ddp_fine_tuning(tmp_path, 
                                      "--run-dir", str(tmp_path / "dsd"), "-o", str(tmp_path / "dsd.pt"), *data], tmp_path)
     assert stdout.count("re-dense") == 1 and load_model(tmp_path / "dsd.pt").model_spec["name"] == "squeezenet_generator"
     assert load_checkpoint(tmp_path / "dsd" / "redense" / "last.pt")["history"][0]["train_images"] == 2 * 4 * 32
+
+
+def test_fine_tuning_follows_the_checkpoints_training_run(tmp_path, digits, capsys, monkeypatch):
+    from squeezelab.train import TrainConfig, fit
+
+    from .conftest import tiny_model
+
+    monkeypatch.setenv("SQUEEZELAB_CACHE", str(tmp_path / "cache"))
+    trained = TrainConfig(dataset="digits", val_fraction=0.2, cutout=2, label_smoothing=0.1, epochs=1, batch_size=32,
+                          device="cpu", amp="off", seed=3)  # fmt: skip
+    fit(tiny_model(batch_norm="all"), trained, digits, tmp_path / "train", progress=False, log=None)
+    checkpoint = tmp_path / "train" / "best.pt"
+    code = main([
+        "compress", str(checkpoint), "-o", str(tmp_path / "x.sqz"), "--density", "0.5", "--bits", "4", "--dataset", "digits",
+        "--limit", "300", "--finetune-epochs", "1", "--batch-size", "32", "--run-dir", str(tmp_path / "runs"), "--lr", "0.01",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "as in its training run (val_fraction 0.2, seed 3, augment True, cutout 2, label_smoothing 0.1)" in printed
+    stage = load_checkpoint(tmp_path / "runs" / "prune1" / "last.pt")["config"]
+    assert (stage["val_fraction"], stage["cutout"], stage["label_smoothing"], stage["lr"]) == (0.2, 2, 0.1, 0.01)
+
+    code = main([
+        "sensitivity", str(checkpoint), "--dataset", "digits", "--values", "1,0.5", "--layers", "classifier.1",
+        "--bits", "3", "--val-fraction", "0", "--quiet",
+    ])  # fmt: skip
+    assert code == 2 and "no validation split; give --val-fraction > 0" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from squeezelab.compress import prunable_layers
+from squeezelab.compress import prunable_layers, prune, quantize
 from squeezelab.compress.sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, sweep
+from squeezelab.compress.sqz import layer_bytes
 from squeezelab.data import build_loaders
 
 from .conftest import trained_tiny
@@ -48,3 +49,17 @@ def test_bad_inputs(tmp_path, trained_state):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="x.csv"):
         Sensitivity.from_csv(tmp_path / "x.csv")
+
+
+def test_density_sweep_counts_bytes_at_the_planned_bits(digits, trained_state):
+    model = trained_tiny(trained_state)
+    scorer = accuracy_scorer(build_loaders(digits, 128).val)
+    as_float = sweep(model, scorer, "density", [0.5], ["classifier.1"], progress=False)
+    as_shared = sweep(model, scorer, "density", [0.5], ["classifier.1"], progress=False, bits={"classifier": 3, "default": 8})
+    assert as_shared.points[0].metrics == as_float.points[0].metrics  # bits change the bytes, not the scores
+    pruned = trained_tiny(trained_state)
+    layer = prunable_layers(pruned)["classifier.1"]
+    prune(pruned, {"classifier": 0.5, "default": 1.0})
+    quantize(pruned, {"classifier": 3})
+    assert as_shared.points[0].layer_bytes == layer_bytes(layer)  # what the layer really costs in a file
+    assert as_shared.points[0].layer_bytes < as_float.points[0].layer_bytes / 4

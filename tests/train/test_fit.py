@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from squeezelab.models.files import load_model
+from squeezelab.models.files import load_model, save_model
 from squeezelab.train import (
     NonFiniteLossError,
     build_run_data,
@@ -17,6 +17,7 @@ from squeezelab.train import (
     quickstart,
     resume_training,
     train_from_config,
+    training_config_of,
 )
 from squeezelab.data import build_loaders
 from squeezelab.train.rundir import METRIC_COLUMNS
@@ -44,6 +45,9 @@ def test_run_writes_every_file_and_best_checkpoint_reloads(tiny_config, tmp_path
     again = evaluate(model, build_loaders(splits, 64).test)
     assert again["top1"] == pytest.approx(result.test["top1"])
     assert load_checkpoint(run / "best.pt")["epoch"] == result.best_epoch
+    assert training_config_of(run / "best.pt") == tiny_config  # what the run was trained with
+    save_model(model, tmp_path / "model.pt")
+    assert training_config_of(tmp_path / "model.pt") is None  # a bare model file records no training
 
 
 def test_resume_after_interrupt_gives_identical_weights(tiny_config, tmp_path):

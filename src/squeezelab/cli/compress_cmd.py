@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from squeezelab.compress import (
 )
 from squeezelab.compress.coding import SYMBOL_ENCODERS
 from squeezelab.compress.dsd import dense_sparse_dense
-from squeezelab.compress.finetune import finetune_config
+from squeezelab.compress.finetune import INHERITED, finetune_config, finetune_data
 from squeezelab.compress.kmeans import KMEANS_INITS
 from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs
 from squeezelab.compress.sharing import CENTROID_UPDATES
@@ -30,11 +31,11 @@ from squeezelab.compress.sensitivity import (
     distillation_scorer,
     sweep,
 )
-from squeezelab.data import build_datasets, build_loaders, dataset_options_from_config, list_datasets
-from squeezelab.interop.loading import load_any_model
+from squeezelab.data import build_loaders, list_datasets
+from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.models.files import save_model
 from squeezelab.models.profile import MB, MIB
-from squeezelab.train import distributed_session
+from squeezelab.train import TrainConfig, distributed_session, training_config_of
 
 from .common import format_table
 
@@ -82,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune on the dense model's soft targets too: their weight in [0, 1] (default 0: labels only)",
     )
     compress.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature (default 4)")
+    _add_recipe_arguments(compress)
     compress.add_argument("--run-dir", type=Path, help="fine-tuning run directories (checkpoints, curves); rerun to resume")
     compress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
     compress.add_argument("--quiet", action="store_true")
@@ -100,6 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sensitivity.add_argument("--kind", choices=SWEEP_KINDS, default="density")
     sensitivity.add_argument("--values", help="comma-separated densities or bits (default: a standard sweep)")
     sensitivity.add_argument("--layers", help="comma-separated layer names (default: all prunable layers)")
+    sensitivity.add_argument(
+        "--bits", help="density sweeps: count each layer's bytes as weight-shared with these bits (e.g. stem=5,default=3), "
+        "as in the file a --max-bytes budget is for (default: float32 weights)",
+    )  # fmt: skip
     _add_data_arguments(sensitivity, required=False)
     sensitivity.add_argument(
         "--unlabelled", type=int, metavar="N",
@@ -122,6 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dsd.add_argument("--dense-epochs", type=int, help="epochs of the first dense phase (0: model already trained)")
     dsd.add_argument("--lr", type=float, default=0.01, help="learning rate (the re-dense phase uses a tenth)")
     dsd.add_argument("--batch-size", type=int, default=128)
+    _add_recipe_arguments(dsd)
     dsd.add_argument("--run-dir", type=Path, required=True, help="phase run directories; rerun to resume")
     dsd.add_argument("-o", "--output", type=Path, help="final dense model file (.pt)")
     dsd.add_argument("--quiet", action="store_true")
@@ -137,21 +144,46 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--dataset", choices=list_datasets(), required=required, help="data for fine-tuning / evaluation")
     parser.add_argument("--data-root", help="data folder (e.g. ../shared/data)")
     parser.add_argument("--limit", type=int, help="use at most N training and N test images")
+    parser.add_argument(
+        "--val-fraction", type=float,
+        help="validation split of the training data (default: the checkpoint's training run's, else 0.1)",
+    )  # fmt: skip
 
 
-def _model_data(model, args: argparse.Namespace):
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cutout", type=int, metavar="PX", help="Cutout side while fine-tuning (default: as the checkpoint was trained, else 0)")
+    parser.add_argument("--label-smoothing", type=float, help="while fine-tuning (default: as the checkpoint was trained, else 0)")
+
+
+def _training_config(args: argparse.Namespace) -> TrainConfig | None:
+    """The training config recorded in a ``squeezelab train`` checkpoint, announced once, if any."""
+    training = training_config_of(args.model) if detect_format(args.model) == "torch" else None
+    if training is not None and not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+        taken = ", ".join(f"{name} {getattr(training, name)}" for name in INHERITED)
+        print(f"{args.model}: fine-tuning and validation data as in its training run ({taken}) unless options say otherwise")
+    return training
+
+
+def _finetune_config(args: argparse.Namespace, training: TrainConfig | None, epochs: int = 1, **changes) -> TrainConfig:
+    """Fine-tuning settings: the checkpoint's training run's data and regularisation, then the options."""
+    recipe = {"cutout": getattr(args, "cutout", None), "label_smoothing": getattr(args, "label_smoothing", None)}
+    return finetune_config(epochs, training=training, val_fraction=args.val_fraction, **recipe, **changes)
+
+
+def _model_data(model, args: argparse.Namespace, config: TrainConfig):
     if args.dataset is None:
         return None
-    return build_datasets(
-        args.dataset, args.data_root, limit=args.limit, progress=not args.quiet, **dataset_options_from_config(model.default_cfg)
-    )
+    return finetune_data(args.dataset, args.data_root, model, config, limit=args.limit, progress=not args.quiet)
 
 
 def run_compress(args: argparse.Namespace) -> int:
     # under torchrun the fine-tuning stages run data-parallel; rank 0 alone prints and writes reports
     with distributed_session() as dist_info:
         model = load_any_model(args.model, args.arch)
-        data = _model_data(model, args)
+        config = _finetune_config(
+            args, _training_config(args), max(args.finetune_epochs, 1), lr=args.lr, batch_size=args.batch_size,
+            distill=args.distill, distill_temperature=args.distill_temperature,
+        )  # fmt: skip
         outcome = compress_and_evaluate(
             model,
             args.output,
@@ -160,17 +192,11 @@ def run_compress(args: argparse.Namespace) -> int:
             init=args.init,
             centroid_update=args.centroid_update,
             keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
-            data=data,
+            data=_model_data(model, args, config),
             finetune_epochs=args.finetune_epochs,
             prune_steps=args.prune_steps,
             stage_epochs=parse_stage_epochs(args.stage_epochs),
-            train_config=finetune_config(
-                max(args.finetune_epochs, 1),
-                lr=args.lr,
-                batch_size=args.batch_size,
-                distill=args.distill,
-                distill_temperature=args.distill_temperature,
-            ),
+            train_config=config,
             run_dir=args.run_dir,
             index_coder=args.index_coder,
             position_coder=args.position_coder,
@@ -225,8 +251,11 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
     if args.model is None or args.dataset is None:
         raise ValueError("a sweep needs a model file and --dataset (or --from-csv to reuse a sweep)")
     model = load_any_model(args.model, args.arch)
-    splits = _model_data(model, args)
-    loader = build_loaders(splits, 256).test
+    splits = _model_data(model, args, _finetune_config(args, _training_config(args)))
+    # the validation split: choosing per-layer settings on test images would tune to the test set
+    loader = build_loaders(splits, 256).val
+    if loader is None:
+        raise ValueError("sensitivity: the data has no validation split; give --val-fraction > 0")
     if args.unlabelled:
         images = []
         for batch, _ in loader:
@@ -238,14 +267,15 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
         scorer = accuracy_scorer(loader)
     values = [float(v) for v in args.values.split(",")] if args.values else None
     layers = args.layers.split(",") if args.layers else None
-    return sweep(model, scorer, args.kind, values, layers, progress=not args.quiet)
+    bits = parse_bits_spec(args.bits) if args.bits else None
+    return sweep(model, scorer, args.kind, values, layers, progress=not args.quiet, bits=bits)
 
 
 def run_dsd(args: argparse.Namespace) -> int:
     with distributed_session() as dist_info:
         model = load_any_model(args.model, args.arch).train()
-        data = _model_data(model, args)
-        config = finetune_config(args.epochs, lr=args.lr, batch_size=args.batch_size)
+        config = _finetune_config(args, _training_config(args), args.epochs, lr=args.lr, batch_size=args.batch_size)
+        data = _model_data(model, args, config)
         result = dense_sparse_dense(
             model,
             data,

@@ -7,7 +7,7 @@ and :func:`load_compressed`; :func:`sweep` / :func:`allocate` for sensitivity-ba
 """
 
 from .dsd import DSDResult, dense_sparse_dense
-from .finetune import distill, finetune, finetune_config
+from .finetune import distill, finetune, finetune_config, finetune_data
 from .kmeans import kmeans_1d, kmeans_1d_many
 from .layers import layer_kinds, parse_per_layer, prunable_layers, resolve_per_layer
 from .pipeline import CompressionOutcome, compress_and_evaluate, quickstart_compress
@@ -53,6 +53,7 @@ __all__ = [
     "distillation_scorer",
     "finetune",
     "finetune_config",
+    "finetune_data",
     "inspect_compressed",
     "iterative_prune",
     "kmeans_1d",

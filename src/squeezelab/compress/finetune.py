@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from squeezelab.data import DatasetSplits, Loaders
+from squeezelab.data import DatasetSplits, Loaders, build_datasets, dataset_options_from_config
 from squeezelab.train import FitResult, TrainConfig, fit
 
 from .sensitivity import predict
@@ -21,11 +21,33 @@ from .sensitivity import predict
 FINETUNE_DEFAULTS = {"optimizer": "sgd", "lr": 0.001, "schedule": "cosine", "weight_decay": 5e-4, "warmup_epochs": 0.0}
 
 
-def finetune_config(epochs: int, base: TrainConfig | None = None, **changes) -> TrainConfig:
-    """A fine-tuning :class:`TrainConfig`: ``base`` (or the defaults above) with ``epochs`` and ``changes``."""
+# What fine-tuning takes over from the dense model's own training run (Han et al. retrain with the original
+# settings but the learning rate): its validation split, so that no image the dense model learned from picks a
+# stage's best epoch or scores a sensitivity sweep, and its data and loss regularisation.
+INHERITED = ("val_fraction", "seed", "augment", "cutout", "label_smoothing")
+
+
+def finetune_config(
+    epochs: int, base: TrainConfig | None = None, *, training: TrainConfig | None = None, **changes
+) -> TrainConfig:
+    """A fine-tuning :class:`TrainConfig`: ``base`` (or the defaults above) with ``epochs``, the data split,
+    augmentation and label smoothing of the dense model's ``training`` config, and ``changes`` (None values
+    ignored)."""
     if base is None:
         base = TrainConfig(**FINETUNE_DEFAULTS)
-    return base.updated(epochs=epochs, **changes)
+    inherited = {name: getattr(training, name) for name in INHERITED} if training is not None else {}
+    return base.updated(epochs=epochs, **{**inherited, **{k: v for k, v in changes.items() if v is not None}})
+
+
+def finetune_data(
+    dataset: str, root: str | Path | None, model: nn.Module, config: TrainConfig, *, limit: int | None = None, progress: bool = True
+) -> DatasetSplits:
+    """``dataset`` preprocessed as ``model`` expects, split and augmented as the fine-tuning ``config`` says
+    (validation fraction and seed, augmentation, Cutout)."""
+    return build_datasets(
+        dataset, root, limit=limit, progress=progress, val_fraction=config.val_fraction, seed=config.seed,
+        augment=config.augment, cutout=config.cutout, **dataset_options_from_config(model.default_cfg),
+    )  # fmt: skip
 
 
 def finetune(

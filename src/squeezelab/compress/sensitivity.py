@@ -26,7 +26,7 @@ from tqdm import tqdm
 from squeezelab.train import evaluate
 from squeezelab.utils.files import atomic_write_text
 
-from .layers import prunable_layers
+from .layers import prunable_layers, resolve_per_layer
 from .pruning import current_mask, magnitude_mask, plain_copy, set_mask, strip_module
 from .sharing import share_weights
 from .sqz import layer_bytes
@@ -169,9 +169,14 @@ def sweep(
     values: Sequence[float] | None = None,
     layers: Sequence[str] | None = None,
     progress: bool = True,
+    bits: int | Mapping[str, int] | None = None,
 ) -> Sensitivity:
     """Score the model with one layer at a time pruned to each density (``kind="density"``) or
-    weight-shared with each number of bits (``kind="bits"``); ``model`` itself is not changed."""
+    weight-shared with each number of bits (``kind="bits"``); ``model`` itself is not changed.
+
+    Each point records the layer's bytes in a ``.sqz`` file; in a density sweep, given ``bits`` (one value or
+    per layer, as for :func:`.sharing.quantize`), as weight-shared with those bits, which is what a budget
+    for the final file needs (otherwise as float32 weights)."""
     if kind not in SWEEP_KINDS:
         raise ValueError(f"sensitivity kind must be one of {SWEEP_KINDS}, got {kind!r}")
     values = list(values or (DEFAULT_DENSITIES if kind == "density" else DEFAULT_BITS))
@@ -181,6 +186,7 @@ def sweep(
     unknown = [name for name in chosen if name not in modules]
     if unknown:
         raise ValueError(f"sensitivity: no prunable layer named {', '.join(unknown)}; layers are {list(modules)}")
+    layer_bits = resolve_per_layer(work, bits, "bits") if bits is not None and kind == "density" else {}
     baseline = scorer(work)
     points = []
     with tqdm(total=len(chosen) * len(values), desc=f"sensitivity ({kind})", unit="eval", disable=not progress) as bar:
@@ -188,7 +194,7 @@ def sweep(
             module = modules[name]
             for value in values:
                 _apply(module, kind, value)
-                points.append(SensitivityPoint(name, value, scorer(work), layer_bytes(module)))
+                points.append(SensitivityPoint(name, value, scorer(work), layer_bytes(module, bits=layer_bits.get(name))))
                 strip_module(module)
                 bar.update()
     return Sensitivity(kind, baseline, points)

@@ -82,18 +82,27 @@ def share_weights(module: nn.Module, bits: int, init: str = "optimal", centroid_
 
 
 def _share_all(modules: list[nn.Module], bits: list[int], init: str, centroid_update: str) -> list[WeightSharing]:
+    return [
+        set_weight_sharing(module, sharing.codebook, sharing.indices, sharing.mask, centroid_update)
+        for module, sharing in zip(modules, planned_sharing(modules, bits, init))
+    ]
+
+
+def planned_sharing(modules: list[nn.Module], bits: list[int], init: str = "optimal") -> list[WeightSharing]:
+    """The weight sharing each layer would get (k-means of its surviving weights), without installing it:
+    to measure its coded size, for example."""
     for value in bits:
         if not 1 <= value <= MAX_BITS:
             raise ValueError(f"bits must be in 1..{MAX_BITS}, got {value}")
-    masks = [current_mask(module) for module in modules]
-    kept = [module.weight.detach()[mask].cpu().numpy() for module, mask in zip(modules, masks)]
+    masks = [current_mask(module).cpu() for module in modules]
+    kept = [module.weight.detach().cpu()[mask].numpy() for module, mask in zip(modules, masks)]
     clusterings = kmeans_1d_many(kept, [1 << value for value in bits], init=init)
-    shared = []
-    for module, mask, (codebook, labels) in zip(modules, masks, clusterings):
+    planned = []
+    for mask, (codebook, labels) in zip(masks, clusterings):
         indices = torch.zeros(mask.shape, dtype=torch.long)
-        indices[mask.cpu()] = torch.from_numpy(labels)
-        shared.append(set_weight_sharing(module, torch.from_numpy(codebook), indices, mask, centroid_update))
-    return shared
+        indices[mask] = torch.from_numpy(labels)
+        planned.append(WeightSharing(torch.from_numpy(codebook), indices, mask))
+    return planned
 
 
 def set_weight_sharing(

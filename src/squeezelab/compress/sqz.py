@@ -39,7 +39,7 @@ from .layers import prunable_layers
 from .positions import decode_positions, encode_positions
 from .pruning import current_mask, plain_state_dict
 from .report import LayerSize, SizeReport
-from .sharing import WeightSharing, set_weight_sharing, shared_layers, weight_sharing
+from .sharing import WeightSharing, planned_sharing, set_weight_sharing, shared_layers, weight_sharing
 
 MAGIC = b"SQZL"
 # version 2: "zeros" tensors (folded batch norms absorb the bias of the convolution before them)
@@ -153,10 +153,13 @@ def _encode_layer(
     return entry, sections, layer
 
 
-def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: str = "auto") -> int:
-    """Bytes of a layer's weight in a ``.sqz`` file: coded streams if weight-shared, otherwise an estimate
-    for sparse float32 storage (4 bytes per kept weight plus the coded positions)."""
+def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: str = "auto", bits: int | None = None) -> int:
+    """Bytes of a layer's weight in a ``.sqz`` file: coded streams if weight-shared (or, given ``bits``, as
+    if weight-shared with that many bits and its current mask), otherwise an estimate for sparse float32
+    storage (4 bytes per kept weight plus the coded positions)."""
     sharing = weight_sharing(module)
+    if sharing is None and bits is not None:
+        (sharing,) = planned_sharing([module], [bits])
     if sharing is not None:
         _, sections, _ = _encode_layer("", sharing, index_coder, position_coder)
         return sum(len(section) for section in sections)

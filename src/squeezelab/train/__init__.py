@@ -1,6 +1,6 @@
 """Training and evaluation: ``TrainConfig``, ``fit``, ``evaluate``, runs from a config, the quickstart."""
 
-from .checkpoint import load_checkpoint, load_trained_model
+from .checkpoint import load_checkpoint, load_trained_model, training_config_of
 from .config import TrainConfig
 from .device import DistInfo, distributed_session
 from .engine import FitResult, NonFiniteLossError, fit
@@ -34,4 +34,5 @@ __all__ = [
     "quickstart",
     "resume_training",
     "train_from_config",
+    "training_config_of",
 ]

@@ -17,6 +17,8 @@ from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record, model_
 from squeezelab.models.registry import create_model
 from squeezelab.utils.files import atomic_torch_save, safe_torch_load
 
+from .config import TrainConfig
+
 STATE_FORMAT = "squeezelab-state"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -74,3 +76,11 @@ def trained_model_from_record(
     model = create_model(model_name, num_classes=num_classes)
     load_weights(model, {"state_dict": state_dict}, str(path))
     return model
+
+
+def training_config_of(path: str | Path) -> TrainConfig | None:
+    """The :class:`TrainConfig` a ``squeezelab train`` checkpoint (``best.pt``, ``last.pt``) was trained with;
+    None for files that record none (model files, bare state dicts)."""
+    record = safe_torch_load(path)
+    config = record.get("config") if isinstance(record, dict) else None
+    return TrainConfig.from_dict(config, str(path)) if isinstance(config, dict) else None
