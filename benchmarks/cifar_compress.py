@@ -35,7 +35,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from squeezelab.compress import parse_bits_spec, parse_density_spec, parse_per_layer, plain_copy, prunable_layers
+from squeezelab.compress import (
+    parse_bits_spec,
+    parse_density_spec,
+    parse_granularity_spec,
+    parse_per_layer,
+    plain_copy,
+    prunable_layers,
+)
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import INHERITED, finetune_config, finetune_data
 from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs
@@ -73,6 +80,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="use at most N training and N test images (quick checks)")
     parser.add_argument("--keep-filters", help="structured pruning first: fraction of filters kept, 0.75 or features.stage3=0.5,...")
     parser.add_argument("--density", default="conv3x3=0.08,conv1x1=0.12,stem=0.5,classifier=0.3")
+    parser.add_argument("--granularity", default="weight", help="prune single weights or whole kernels: weight, kernel, conv3x3=kernel,...")
     parser.add_argument("--bits", default="stem=6,conv3x3=3,default=4")
     parser.add_argument("--centroid-update", choices=CENTROID_UPDATES, default="mean", help="mean (default) or sum (Han et al.) of the weights' gradients")
     parser.add_argument("--prune-steps", type=int, default=3)
@@ -123,6 +131,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         args.out / "model.sqz",
         keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
         density=parse_density_spec(args.density),
+        granularity=parse_granularity_spec(args.granularity),
         bits=parse_bits_spec(args.bits),
         centroid_update=args.centroid_update,
         data=splits,
@@ -139,7 +148,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
     drop = outcome.dense_metrics["top1"] - outcome.compressed_metrics["top1"]
     lines = [
         f"model: {model.model_spec['name']} {json.dumps(model.model_spec['kwargs'])}",
-        "recipe: " + (f"filters kept {args.keep_filters}; " if args.keep_filters else "") + f"density {args.density}; bits {args.bits}; {args.prune_steps} prune steps; "
+        "recipe: " + (f"filters kept {args.keep_filters}; " if args.keep_filters else "") + f"density {args.density}{'' if args.granularity == 'weight' else f' ({args.granularity} granularity)'}; bits {args.bits}; {args.prune_steps} prune steps; "
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
         f"{args.finetune_epochs} fine-tuning epochs per stage{f' ({args.stage_epochs})' if args.stage_epochs else ''} at lr {args.lr}"
         + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),

@@ -96,3 +96,26 @@ def test_bad_stage_epochs_name_the_stage(tmp_path, trained_state, digits, tiny_c
     with pytest.raises(ValueError, match=message):
         _compress(trained_state, digits, tiny_config, tmp_path / "run", tmp_path / "a.sqz", stage_epochs=stage_epochs)
     assert not (tmp_path / "run").exists()
+
+
+def test_kernel_level_pruning_through_the_pipeline_codes_kernels(tmp_path, trained_state, digits, tiny_config):
+    sizes = {}
+    for granularity in ("weight", "kernel"):
+        outcome = _compress(trained_state, digits, tiny_config, tmp_path / granularity, tmp_path / f"{granularity}.sqz",
+                            granularity=granularity, finetune_epochs=1, prune_steps=1, density={"default": 0.25})  # fmt: skip
+        spatial = [row for row in outcome.report.layers if row.name in _spatial_layers(outcome.model)]
+        sizes[granularity] = sum(row.position_bytes for row in spatial)
+        if granularity == "kernel":
+            assert max(spatial, key=lambda row: row.params).position_coder == "kernel-mask"  # small layers may gap-code
+            for name in _spatial_layers(outcome.model):
+                kernels = load_compressed(tmp_path / "kernel.sqz").get_submodule(name).weight.reshape(-1, 9) != 0
+                assert bool((kernels.all(1) | ~kernels.any(1)).all()), name
+    assert sizes["kernel"] < sizes["weight"] / 3
+    record = (tmp_path / "kernel" / "compression.json").read_text()
+    assert '"granularity": "kernel"' in record  # resuming with weight-level pruning would be an error
+
+
+def _spatial_layers(model) -> list[str]:
+    from squeezelab.compress import prunable_layers
+
+    return [name for name, m in prunable_layers(model).items() if m.weight.dim() == 4 and m.weight[0, 0].numel() == 9]

@@ -14,7 +14,7 @@ from squeezelab.compress import (
     resolve_densities,
     strip,
 )
-from squeezelab.compress.pruning import PruningMask, plain_copy, plain_state_dict
+from squeezelab.compress.pruning import PruningMask, current_mask, parse_granularity_spec, plain_copy, plain_state_dict
 from squeezelab.models import create_model
 from squeezelab.train import fit
 
@@ -124,3 +124,24 @@ def test_a_kind_the_model_lacks_is_not_an_error():
     assert densities["classifier.6"] == 0.2 and densities["features.6"] == 0.33 and "features.3" not in densities
     with pytest.raises(ValueError, match="density must be in"):
         prune(tiny_model(), 1.5)
+
+
+def test_kernel_granularity_keeps_or_removes_whole_kernels():
+    model = tiny_model()
+    spatial = {name: m for name, m in prunable_layers(model).items() if m.weight.dim() == 4 and m.weight[0, 0].numel() > 1}
+    assert spatial
+    kept = {}
+    for density in (0.5, 0.25):  # iterative: the second step only removes kernels
+        prune(model, {"conv3x3": density, "default": 1.0}, parse_granularity_spec("conv3x3=kernel,default=weight"))
+        for name, module in spatial.items():
+            kernels = current_mask(module).reshape(-1, module.weight[0, 0].numel())
+            assert bool((kernels.all(1) | ~kernels.any(1)).all()), name  # every kernel whole or gone
+            assert int(kernels[:, 0].sum()) == round(density * len(kernels))
+            norms = module.parametrizations.weight.original.detach().reshape(len(kernels), -1).norm(dim=1)
+            if density == 0.5:
+                assert norms[kernels[:, 0]].min() >= norms[~kernels[:, 0]].max()  # the largest kernels stay
+            else:
+                assert not bool((kernels[:, 0] & ~kept[name]).any()), name  # a removed kernel never comes back
+            kept[name] = kernels[:, 0].clone()
+    with pytest.raises(ValueError, match="granularity must be one of weight, kernel"):
+        parse_granularity_spec("conv3x3=filter")

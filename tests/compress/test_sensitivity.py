@@ -63,3 +63,13 @@ def test_density_sweep_counts_bytes_at_the_planned_bits(digits, trained_state):
     quantize(pruned, {"classifier": 3})
     assert as_shared.points[0].layer_bytes == layer_bytes(layer)  # what the layer really costs in a file
     assert as_shared.points[0].layer_bytes < as_float.points[0].layer_bytes / 4
+
+
+def test_kernel_granularity_sweep_prunes_whole_kernels(digits, trained_state):
+    model = trained_tiny(trained_state)
+    scorer = accuracy_scorer(build_loaders(digits, 128).val)
+    sizes = {}
+    for granularity in ("weight", "kernel"):
+        result = sweep(model, scorer, "density", [0.25], ["features.0"], progress=False, bits=4, granularity=granularity)
+        sizes[granularity] = result.points[0].layer_bytes
+    assert sizes["kernel"] < sizes["weight"]  # same weights kept, far fewer position bits

@@ -122,11 +122,31 @@ def test_parametrized_load_fine_tunes_further(tmp_path):
 
 @pytest.mark.parametrize("density", [1.0, 0.9, 0.3, 0.02, 0.0])
 def test_position_coders_round_trip(density):
-    mask = np.random.default_rng(0).random(5000) < density
+    mask = np.random.default_rng(0).random(555 * 9) < density  # 555 kernels of 3x3
     for coder in POSITION_CODERS:
-        stream = encode_positions(mask, coder)
-        decoded, _ = decode_positions(stream.coder, stream.table, stream.payload, stream.count, mask.size)
+        stream = encode_positions(mask, coder, taps=9)
+        decoded, limit = decode_positions(stream.coder, stream.table, stream.payload, stream.count, mask.size)
         np.testing.assert_array_equal(decoded, mask)
+        assert limit == pytest.approx(stream.entropy_bytes)  # the decoder measures the limit the encoder reported
+
+
+@pytest.mark.parametrize("kept_taps", [1.0, 0.5])
+def test_kernel_mask_codes_whole_kernels_per_kernel_not_per_weight(kept_taps):
+    rng = np.random.default_rng(1)
+    kernels = rng.random(4000) < 0.15
+    mask = (kernels[:, None] & (rng.random((4000, 9)) < kept_taps)).ravel()
+    stream = encode_positions(mask, "kernel-mask", taps=9)
+    decoded, _ = decode_positions(stream.coder, stream.table, stream.payload, stream.count, mask.size)
+    np.testing.assert_array_equal(decoded, mask)
+    per_weight = encode_positions(mask, "mask")
+    if kept_taps == 1.0:  # kernel-level pruning: about 9x fewer position bytes
+        assert stream.nbytes < per_weight.nbytes / 6 and encode_positions(mask, "auto", taps=9).coder == "kernel-mask"
+    else:  # kernels half full: still cheaper than one probability for every weight
+        assert stream.nbytes < per_weight.nbytes
+    with pytest.raises(ValueError, match="no whole number of 7-tap kernels"):
+        encode_positions(mask, "kernel-mask", taps=7)
+    with pytest.raises(ValueError, match="kernel-mask header"):
+        decode_positions("kernel-mask", stream.table, stream.payload, stream.count, mask.size - 1)
 
 
 def test_damaged_files_give_one_line_errors(tmp_path):

@@ -22,6 +22,7 @@ from squeezelab.compress.kmeans import KMEANS_INITS
 from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs
 from squeezelab.compress.sharing import CENTROID_UPDATES
 from squeezelab.compress.positions import POSITION_CODERS
+from squeezelab.compress.pruning import GRANULARITIES, parse_granularity_spec
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.compress.sensitivity import (
     SWEEP_KINDS,
@@ -40,6 +41,11 @@ from squeezelab.train import TrainConfig, distributed_session, training_config_o
 from .common import format_table
 
 
+GRANULARITY_HELP = (
+    "prune single weights (weight, default) or whole kh x kw kernels (kernel), or per layer: conv3x3=kernel,default=weight"
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     compress = subparsers.add_parser(
         "compress",
@@ -54,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fraction of weights kept: 0.3 (global threshold), conv3x3=0.33,classifier=0.2, std:0.7 "
         "(Han's |w| < 0.7 std rule) or deep-compression (the released SqueezeNet's densities); default: no pruning",
     )
+    compress.add_argument("--granularity", default="weight", help=GRANULARITY_HELP)
     compress.add_argument(
         "--keep-filters", help="structured pruning first (SqueezeNet, SqueezeNext): fraction of filters kept, 0.75 or conv1x1=0.5,..."
     )
@@ -102,6 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sensitivity.add_argument("--kind", choices=SWEEP_KINDS, default="density")
     sensitivity.add_argument("--values", help="comma-separated densities or bits (default: a standard sweep)")
     sensitivity.add_argument("--layers", help="comma-separated layer names (default: all prunable layers)")
+    sensitivity.add_argument("--granularity", choices=GRANULARITIES, default="weight", help="of the pruning in density sweeps")
     sensitivity.add_argument(
         "--bits", help="density sweeps: count each layer's bytes as weight-shared with these bits (e.g. stem=5,default=3), "
         "as in the file a --max-bytes budget is for (default: float32 weights)",
@@ -188,6 +196,7 @@ def run_compress(args: argparse.Namespace) -> int:
             model,
             args.output,
             density=parse_density_spec(args.density) if args.density else None,
+            granularity=parse_granularity_spec(args.granularity),
             bits=parse_bits_spec(args.bits),
             init=args.init,
             centroid_update=args.centroid_update,
@@ -268,7 +277,7 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
     values = [float(v) for v in args.values.split(",")] if args.values else None
     layers = args.layers.split(",") if args.layers else None
     bits = parse_bits_spec(args.bits) if args.bits else None
-    return sweep(model, scorer, args.kind, values, layers, progress=not args.quiet, bits=bits)
+    return sweep(model, scorer, args.kind, values, layers, progress=not args.quiet, bits=bits, granularity=args.granularity)
 
 
 def run_dsd(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run
 
 from .finetune import finetune, finetune_config
 from .layers import parse_per_layer
-from .pruning import DensitySpec, iterative_prune
+from .pruning import DensitySpec, GranularitySpec, iterative_prune
 from .report import SizeReport
 from .runrecord import claim_run_dir, fingerprint
 from .sharing import quantize
@@ -71,6 +71,7 @@ def compress_and_evaluate(
     path: str | os.PathLike,
     *,
     density: DensitySpec | None = None,
+    granularity: GranularitySpec = "weight",
     bits: int | Mapping[str, int] = 5,
     init: str = "optimal",
     centroid_update: str = "mean",
@@ -90,6 +91,7 @@ def compress_and_evaluate(
 ) -> CompressionOutcome:
     """Compress ``model`` (in place) into ``path``, fine-tuning on ``data`` if ``finetune_epochs`` > 0.
 
+    ``granularity`` prunes single weights (``"weight"``) or whole kernels (``"kernel"``), per layer if a mapping.
     ``keep_filters`` first removes whole filters (:func:`.structured.prune_filters`, then fine-tuning);
     with ``prune_steps`` > 1 pruning is iterative (each step followed by ``finetune_epochs`` of
     fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more.
@@ -123,6 +125,8 @@ def compress_and_evaluate(
                         "centroid_update": centroid_update, "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
             if stage_epochs:
                 settings["stage_epochs"] = dict(stage_epochs)
+            if granularity != "weight":
+                settings["granularity"] = granularity
             claim_run_dir(runs / SETTINGS_FILE, settings, dist_info.is_main, "a compression")
         results = []
 
@@ -138,7 +142,7 @@ def compress_and_evaluate(
             tune("filters")
         densities: dict[str, float] = {}
         if density is not None:
-            densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"))
+            densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"), granularity)
         codebook_sizes = quantize(model, bits, init, centroid_update)
         tune("quantized")
         report = _save_on_main(dist_info, model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)

@@ -1,11 +1,16 @@
 """Coding the sparsity pattern of a layer (which flattened weight positions are kept).
 
-Two schemes, both measured, the smaller one kept:
+The schemes are all measured and the smallest kept:
 
 * ``mask``: the 0/1 mask itself, ANS-coded under one stored probability (the i.i.d. limit).
 * ``gap-huffman`` / ``gap-ans``: the relative gaps between kept positions, as in Deep Compression, with
   an escape symbol ``cap`` meaning "skip ``cap`` positions, no weight here" instead of the paper's
   padding zero weights; the cap is chosen per layer to minimise the coded size.
+* ``kernel-mask``: two levels, which kernels keep any weight,
+  then which taps of those kernels are kept, each ANS-coded under its own probability. After
+  kernel-level pruning (whole kernels kept or removed) the second level is empty, so the positions cost
+  one bit-entropy per kernel instead of one per weight. (For 1x1 and linear layers, kernels of one
+  tap, it is the ``mask`` scheme with a few more header bytes; ``auto`` skips it there.)
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from dataclasses import replace
 import numpy as np
 
 from .coding import (
+    CodingError,
     EncodedStream,
+    bernoulli_decode,
     bernoulli_encode,
     decode_stream,
     decode_varints,
@@ -26,7 +33,7 @@ from .coding import (
     symbol_counts,
 )
 
-POSITION_CODERS = ("auto", "mask", "gap-huffman", "gap-ans")
+POSITION_CODERS = ("auto", "mask", "gap-huffman", "gap-ans", "kernel-mask")
 GAP_CAPS = tuple((1 << b) - 1 for b in range(1, 11))
 
 
@@ -58,24 +65,69 @@ def encode_gaps(positions: np.ndarray, coder: str) -> EncodedStream:
     return EncodedStream(coder, encode_varints([cap]) + stream.table, stream.payload, stream.count, stream.entropy_bytes)
 
 
-def encode_positions(mask: np.ndarray, coder: str = "auto") -> EncodedStream:
-    """Code a flattened boolean mask with ``coder`` (or the smallest of all when ``"auto"``)."""
+def kernel_taps(shape: tuple[int, ...]) -> int:
+    """Weights per kernel of a layer of this shape: kh * kw for a convolution, 1 for linear and 1x1 layers."""
+    return int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
+
+
+def encode_kernel_mask(mask: np.ndarray, taps: int) -> EncodedStream:
+    """The ``kernel-mask`` scheme for a flattened mask whose consecutive runs of ``taps`` are kernels."""
+    kernels = mask.reshape(-1, taps)
+    occupied = kernels.any(1)
+    outer = bernoulli_encode(occupied)
+    inner_bits = kernels[occupied].ravel()
+    whole = bool(inner_bits.all())  # kernel-level pruning: every kept kernel keeps all its taps
+    inner = None if whole else bernoulli_encode(inner_bits)
+    table = encode_varints([taps, len(outer.table), len(outer.payload), int(whole)]) + outer.table
+    payload = outer.payload
+    limit = outer.entropy_bytes
+    if inner is not None:
+        table, payload, limit = table + inner.table, payload + inner.payload, limit + inner.entropy_bytes
+    return EncodedStream("kernel-mask", table, payload, int(occupied.sum()), limit)
+
+
+def decode_kernel_mask(table: bytes, payload: bytes, numel: int) -> tuple[np.ndarray, float]:
+    (taps, outer_table, outer_payload, whole), offset = decode_varints(table, 4)
+    if taps < 1 or numel % taps or whole > 1 or offset + outer_table > len(table) or outer_payload > len(payload):
+        raise CodingError(f"invalid kernel-mask header (taps {taps}, {numel} weights)")
+    occupied = bernoulli_decode(table[offset : offset + outer_table], payload[:outer_payload], numel // taps) != 0
+    inner_count = int(occupied.sum()) * taps
+    if whole:
+        inner = np.ones(inner_count, dtype=np.int64)
+    else:
+        inner = bernoulli_decode(table[offset + outer_table :], payload[outer_payload:], inner_count)
+    mask = np.zeros((numel // taps, taps), dtype=bool)
+    mask[occupied] = inner.reshape(-1, taps) != 0
+    limit = entropy_bytes(symbol_counts(occupied.astype(np.int64))) + (0.0 if whole else entropy_bytes(symbol_counts(inner)))
+    return mask.ravel(), limit
+
+
+def encode_positions(mask: np.ndarray, coder: str = "auto", taps: int = 1) -> EncodedStream:
+    """Code a flattened boolean mask with ``coder`` (or the smallest of all when ``"auto"``); ``taps`` is the
+    layer's kernel size (:func:`kernel_taps`), which the ``kernel-mask`` scheme needs."""
     if coder not in POSITION_CODERS:
         raise ValueError(f"position coder must be one of {POSITION_CODERS}, got {coder!r}")
     mask = np.asarray(mask, dtype=bool).ravel()
     if coder == "auto":
-        return min((encode_positions(mask, c) for c in POSITION_CODERS[1:]), key=lambda s: s.nbytes)
+        coders = [c for c in POSITION_CODERS[1:] if c != "kernel-mask" or taps > 1]
+        return min((encode_positions(mask, c, taps) for c in coders), key=lambda s: s.nbytes)
     if coder == "mask":
         return replace(bernoulli_encode(mask), coder="mask")
+    if coder == "kernel-mask":
+        if taps < 1 or mask.size % taps:
+            raise ValueError(f"position coder kernel-mask: {mask.size} weights are no whole number of {taps}-tap kernels")
+        return encode_kernel_mask(mask, taps)
     return encode_gaps(np.flatnonzero(mask), coder)
 
 
-def decode_positions(coder: str, table: bytes, payload: bytes, count: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_positions(coder: str, table: bytes, payload: bytes, count: int, numel: int) -> tuple[np.ndarray, float]:
     """The flattened boolean mask of ``numel`` entries from a stream made by :func:`encode_positions`,
-    and the stream's decoded symbols (to measure its entropy)."""
+    and the stream's Shannon limit in bytes under its coder's model."""
     if coder == "mask":
         bits = decode_stream("bernoulli-ans", table, payload, numel)
-        return bits != 0, bits
+        return bits != 0, entropy_bytes(symbol_counts(bits))
+    if coder == "kernel-mask":
+        return decode_kernel_mask(table, payload, numel)
     if coder not in POSITION_CODERS[2:]:
         raise ValueError(f"unknown position coder {coder!r}")
     (cap,), offset = decode_varints(table, 1)
@@ -87,4 +139,4 @@ def decode_positions(coder: str, table: bytes, payload: bytes, count: int, numel
         raise ValueError("sparse positions run past the end of the layer")
     mask = np.zeros(numel, dtype=bool)
     mask[positions] = True
-    return mask, symbols
+    return mask, entropy_bytes(symbol_counts(symbols))

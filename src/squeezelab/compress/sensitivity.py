@@ -170,13 +170,15 @@ def sweep(
     layers: Sequence[str] | None = None,
     progress: bool = True,
     bits: int | Mapping[str, int] | None = None,
+    granularity: str = "weight",
 ) -> Sensitivity:
     """Score the model with one layer at a time pruned to each density (``kind="density"``) or
     weight-shared with each number of bits (``kind="bits"``); ``model`` itself is not changed.
 
     Each point records the layer's bytes in a ``.sqz`` file; in a density sweep, given ``bits`` (one value or
     per layer, as for :func:`.sharing.quantize`), as weight-shared with those bits, which is what a budget
-    for the final file needs (otherwise as float32 weights)."""
+    for the final file needs (otherwise as float32 weights). ``granularity`` (``"weight"`` or ``"kernel"``)
+    is that of the pruning, see :func:`.pruning.magnitude_mask`."""
     if kind not in SWEEP_KINDS:
         raise ValueError(f"sensitivity kind must be one of {SWEEP_KINDS}, got {kind!r}")
     values = list(values or (DEFAULT_DENSITIES if kind == "density" else DEFAULT_BITS))
@@ -193,19 +195,19 @@ def sweep(
         for name in chosen:
             module = modules[name]
             for value in values:
-                _apply(module, kind, value)
+                _apply(module, kind, value, granularity)
                 points.append(SensitivityPoint(name, value, scorer(work), layer_bytes(module, bits=layer_bits.get(name))))
                 strip_module(module)
                 bar.update()
     return Sensitivity(kind, baseline, points)
 
 
-def _apply(module: nn.Module, kind: str, value: float) -> None:
+def _apply(module: nn.Module, kind: str, value: float, granularity: str) -> None:
     if kind == "bits":
         share_weights(module, int(value))
         return
     allowed = current_mask(module)
-    set_mask(module, magnitude_mask(module.weight, min(value, allowed.float().mean().item()), allowed))
+    set_mask(module, magnitude_mask(module.weight, min(value, allowed.float().mean().item()), allowed, granularity))
 
 
 def allocate(

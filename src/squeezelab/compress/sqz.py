@@ -36,14 +36,15 @@ from squeezelab.utils.files import atomic_write_bytes
 
 from .coding import EncodedStream, decode_stream, encode_symbols, entropy_bytes, symbol_counts
 from .layers import prunable_layers
-from .positions import decode_positions, encode_positions
+from .positions import decode_positions, encode_positions, kernel_taps
 from .pruning import current_mask, plain_state_dict
 from .report import LayerSize, SizeReport
 from .sharing import WeightSharing, planned_sharing, set_weight_sharing, shared_layers, weight_sharing
 
 MAGIC = b"SQZL"
 # version 2: "zeros" tensors (folded batch norms absorb the bias of the convolution before them)
-FORMAT_VERSION = 2
+# version 3: "kernel-mask" positions (kernels kept, then taps kept in them)
+FORMAT_VERSION = 3
 HEADER = struct.Struct("<4sHHI")
 CHECKSUM = struct.Struct("<I")
 TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
@@ -135,7 +136,8 @@ def _encode_layer(
     indices = sharing.indices.detach().cpu().numpy().ravel()[mask]
     codebook = sharing.codebook.detach().cpu().float().numpy()
     index_stream = encode_symbols(indices, index_coder, alphabet=len(codebook))
-    position_stream = None if mask.all() else encode_positions(mask, position_coder)
+    taps = kernel_taps(tuple(sharing.mask.shape))
+    position_stream = None if mask.all() else encode_positions(mask, position_coder, taps)
     entry = {
         "name": name,
         "shape": list(sharing.mask.shape),
@@ -164,7 +166,7 @@ def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: st
         _, sections, _ = _encode_layer("", sharing, index_coder, position_coder)
         return sum(len(section) for section in sections)
     mask = current_mask(module).cpu().numpy().ravel()
-    positions = 0 if mask.all() else encode_positions(mask, position_coder).nbytes
+    positions = 0 if mask.all() else encode_positions(mask, position_coder, kernel_taps(tuple(module.weight.shape))).nbytes
     return 4 * int(mask.sum()) + positions
 
 
@@ -453,8 +455,8 @@ def _decode_layer(entry: dict[str, Any], reader: _Reader) -> _DecodedLayer:
     else:
         coder, table_length, payload_length, count = entry["positions"]
         position_stream = EncodedStream(coder, reader.take(table_length), reader.take(payload_length), count, 0.0)
-        mask, symbols = decode_positions(coder, position_stream.table, position_stream.payload, count, numel)
-        position_stream = _with_limit(position_stream, symbols)
+        mask, limit = decode_positions(coder, position_stream.table, position_stream.payload, count, numel)
+        position_stream = dataclasses.replace(position_stream, entropy_bytes=limit)
     if int(mask.sum()) != nonzeros:
         raise CompressedFileError(f"layer {entry['name']}: position stream does not match its weight count")
     return _DecodedLayer(entry["name"], codebook, indices, mask, shape, index_stream, position_stream)
