@@ -143,5 +143,7 @@ def test_kernel_granularity_keeps_or_removes_whole_kernels():
             else:
                 assert not bool((kernels[:, 0] & ~kept[name]).any()), name  # a removed kernel never comes back
             kept[name] = kernels[:, 0].clone()
-    with pytest.raises(ValueError, match="granularity must be one of weight, kernel"):
+    with pytest.raises(ValueError, match="--granularity: expected weight or kernel .* got 'filter'"):
         parse_granularity_spec("conv3x3=filter")
+    with pytest.raises(ValueError, match="granularity must be one of weight, kernel"):
+        prune(model, 0.5, granularity="filter")

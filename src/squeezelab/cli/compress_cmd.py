@@ -166,7 +166,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 def _training_config(args: argparse.Namespace) -> TrainConfig | None:
     """The training config recorded in a ``squeezelab train`` checkpoint, announced once, if any."""
     training = training_config_of(args.model) if detect_format(args.model) == "torch" else None
-    if training is not None and not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+    if training is not None and args.dataset is not None and not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         taken = ", ".join(f"{name} {getattr(training, name)}" for name in INHERITED)
         print(f"{args.model}: fine-tuning and validation data as in its training run ({taken}) unless options say otherwise")
     return training

@@ -78,7 +78,8 @@ def parse_granularity_spec(text: str) -> GranularitySpec:
     """``kernel`` for every layer or ``conv3x3=kernel,default=weight`` by layer name / kind."""
     spec = parse_per_layer(text, str.strip, "--granularity")
     for value in spec.values() if isinstance(spec, Mapping) else [spec]:
-        _check_granularity(value)
+        if value not in GRANULARITIES:
+            raise ValueError(f"--granularity: expected {' or '.join(GRANULARITIES)} (or LAYER=... pairs of them), got {value!r}")
     return spec
 
 
