@@ -276,6 +276,8 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
         scorer = accuracy_scorer(loader)
     values = [float(v) for v in args.values.split(",")] if args.values else None
     layers = args.layers.split(",") if args.layers else None
+    if args.bits and args.kind != "density":
+        raise ValueError("--bits: sets the bits at which a density sweep counts bytes; a bits sweep takes --values")
     bits = parse_bits_spec(args.bits) if args.bits else None
     return sweep(model, scorer, args.kind, values, layers, progress=not args.quiet, bits=bits, granularity=args.granularity)
 
