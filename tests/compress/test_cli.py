@@ -102,6 +102,6 @@ def test_fine_tuning_follows_the_checkpoints_training_run(tmp_path, digits, caps
         "sensitivity", str(checkpoint), "--dataset", "digits", "--values", "1,0.5", "--layers", "classifier.1",
         "--bits", "3", "--val-fraction", "0", "--quiet",
     ])  # fmt: skip
-    assert code == 2 and "no validation split; give --val-fraction > 0" in capsys.readouterr().err
+    assert code == 2 and "the data has no validation split to score on; give --val-fraction > 0" in capsys.readouterr().err
     code = main(["sensitivity", str(checkpoint), "--dataset", "digits", "--kind", "bits", "--bits", "3", "--quiet"])
     assert code == 2 and "--bits: sets the bits at which a density sweep counts bytes" in capsys.readouterr().err

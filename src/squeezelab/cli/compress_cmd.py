@@ -264,7 +264,7 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
     # the validation split: choosing per-layer settings on test images would tune to the test set
     loader = build_loaders(splits, 256).val
     if loader is None:
-        raise ValueError("sensitivity: the data has no validation split; give --val-fraction > 0")
+        raise ValueError("the data has no validation split to score on; give --val-fraction > 0")
     if args.unlabelled:
         images = []
         for batch, _ in loader:
