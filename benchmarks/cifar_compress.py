@@ -44,7 +44,7 @@ from squeezelab.compress import (
     prunable_layers,
 )
 from squeezelab.compress.dsd import dense_sparse_dense
-from squeezelab.compress.finetune import INHERITED, finetune_config, finetune_data
+from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
 from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs
 from squeezelab.compress.sharing import CENTROID_UPDATES
 from squeezelab.compress.sqz import FLOAT_STORAGE
@@ -152,7 +152,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
         f"{args.finetune_epochs} fine-tuning epochs per stage{f' ({args.stage_epochs})' if args.stage_epochs else ''} at lr {args.lr}"
         + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),
-        "fine-tuning data and loss: " + (", ".join(f"{name} {getattr(training, name)}" for name in INHERITED)
+        "fine-tuning data and loss: " + (inherited_summary(training)
                                          + " (as the dense model was trained)" if training else "defaults (the model records no training config)"),
         f"dense fp32 model file: {dense_bytes:,} bytes; test top-1 {outcome.dense_metrics['top1']:.2f}% "
         f"({outcome.dense_metrics['images']:,} CIFAR-10 test images, JPEG copy)",

@@ -17,7 +17,7 @@ from squeezelab.compress import (
 )
 from squeezelab.compress.coding import SYMBOL_ENCODERS
 from squeezelab.compress.dsd import dense_sparse_dense
-from squeezelab.compress.finetune import INHERITED, finetune_config, finetune_data
+from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
 from squeezelab.compress.kmeans import KMEANS_INITS
 from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs
 from squeezelab.compress.sharing import CENTROID_UPDATES
@@ -167,8 +167,7 @@ def _training_config(args: argparse.Namespace) -> TrainConfig | None:
     """The training config recorded in a ``squeezelab train`` checkpoint, announced once, if any."""
     training = training_config_of(args.model) if detect_format(args.model) == "torch" else None
     if training is not None and args.dataset is not None and not args.quiet and int(os.environ.get("RANK", "0")) == 0:
-        taken = ", ".join(f"{name} {getattr(training, name)}" for name in INHERITED)
-        print(f"{args.model}: fine-tuning and validation data as in its training run ({taken}) unless options say otherwise")
+        print(f"{args.model}: fine-tuning and validation data as in its training run ({inherited_summary(training)}) unless options say otherwise")
     return training
 
 

@@ -39,6 +39,11 @@ def finetune_config(
     return base.updated(epochs=epochs, **{**inherited, **{k: v for k, v in changes.items() if v is not None}})
 
 
+def inherited_summary(training: TrainConfig) -> str:
+    """``val_fraction 0.05, seed 0, ...``: what fine-tuning takes over from ``training``, for logs."""
+    return ", ".join(f"{name} {getattr(training, name)}" for name in INHERITED)
+
+
 def finetune_data(
     dataset: str, root: str | Path | None, model: nn.Module, config: TrainConfig, *, limit: int | None = None, progress: bool = True
 ) -> DatasetSplits:
