@@ -5,8 +5,9 @@
 #   benchmarks/train_accuracy.sh digits          # one of: digits mnist cifar10
 #
 # Data: ../shared/data (MNIST raw IDX files, CIFAR-10 JPEG copy); set DATA_ROOT to use another folder, or
-# leave it empty to let torchvision download. Runs go to runs/accuracy-<name>; an interrupted run continues
-# where it stopped when the script is started again. CIFAR-10 trains as its figure was measured: under
+# leave it empty to let torchvision download. Runs go to $RUNS_DIR/accuracy-<name> (RUNS_DIR defaults to runs;
+# point it outside the checkout to keep a long run when the checkout is replaced); an interrupted run
+# continues where it stopped when the script is started again. CIFAR-10 trains as its figure was measured: under
 # torchrun, one single-threaded process per core (NPROC, default 2; the recipe's batch size is per process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +15,10 @@ SQUEEZELAB=${SQUEEZELAB:-.venv/bin/squeezelab}
 TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
 NPROC=${NPROC:-2}
 DATA_ROOT=${DATA_ROOT-../shared/data}
+RUNS_DIR=${RUNS_DIR:-runs}
 
 run() {  # name config target [launcher ...]
-  local name=$1 config=$2 target=$3 out=runs/accuracy-$1
+  local name=$1 config=$2 target=$3 out=$RUNS_DIR/accuracy-$1
   shift 3
   local launch=("${@:-$SQUEEZELAB}")
   if [ -f "$out/last.pt" ] && [ ! -f "$out/results.json" ]; then

@@ -65,3 +65,12 @@ def test_malformed_options_are_usage_errors(capsys, argv):
         main(argv)
     assert exit_info.value.code == 2
     assert "squeezelab info: error: argument" in capsys.readouterr().err
+
+
+def test_errors_are_printed_once_under_torchrun_by_rank_0_only(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = _run(capsys, "info", "sqeezenet1_0")
+    assert (code, out, err) == (2, "", "")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = _run(capsys, "info", "sqeezenet1_0")
+    assert code == 2 and err.startswith("squeezelab info: error: unknown model 'sqeezenet1_0'")

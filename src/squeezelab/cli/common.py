@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Sequence
 
 import yaml
+
+
+def is_first_process() -> bool:
+    """False in every process but rank 0 when launched by ``torchrun`` (which sets ``RANK`` before any
+    process group exists), so messages that every process would print appear once."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ from squeezelab.models.files import save_model
 from squeezelab.models.profile import MB, MIB
 from squeezelab.train import TrainConfig, distributed_session, training_config_of
 
-from .common import format_table
+from .common import format_table, is_first_process
 
 
 GRANULARITY_HELP = (
@@ -166,7 +165,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 def _training_config(args: argparse.Namespace) -> TrainConfig | None:
     """The training config recorded in a ``squeezelab train`` checkpoint, announced once, if any."""
     training = training_config_of(args.model) if detect_format(args.model) == "torch" else None
-    if training is not None and args.dataset is not None and not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+    if training is not None and args.dataset is not None and not args.quiet and is_first_process():
         print(f"{args.model}: fine-tuning and validation data as in its training run ({inherited_summary(training)}) unless options say otherwise")
     return training
 

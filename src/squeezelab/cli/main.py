@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from .common import is_first_process
+
 COMMAND_MODULES = ("models_cmd", "interop_cmd", "bench_cmd", "sweep_cmd", "train_cmd", "quickstart_cmd", "compress_cmd")
 
 
@@ -45,5 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except (CLIError, ValueError, FileNotFoundError, OSError) as exc:
-        print(f"squeezelab {args.command}: error: {exc}", file=sys.stderr)
+        # Under torchrun every process meets the same bad input; torchrun itself reports each exit code.
+        if is_first_process():
+            print(f"squeezelab {args.command}: error: {exc}", file=sys.stderr)
         return 2
