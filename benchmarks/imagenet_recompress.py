@@ -7,8 +7,10 @@ Recipe, chosen by principle and never tuned on the evaluation images:
    training JPEGs upscaled to the model's input; ``--calibration`` images, fixed seed).
 2. For a ladder of KL budgets, per-layer bits from ``allocate`` (greedy bytes saved per unit of KL);
    exact 1-D k-means per layer; biases stored as float16; entropy coding (ANS / Huffman, best per stream).
-3. Optionally (``--distill-steps``) the shared centroids and biases are fine-tuned by distillation from
-   the original model on the same kind of unlabelled images.
+3. Optionally (``--bias-correction N``) empirical bias correction: each layer's bias is shifted, layer by
+   layer, so that its mean output per channel on N unlabelled images (a subset disjoint from the scoring
+   images) equals the original model's; and (``--distill-steps``) the shared centroids and biases are
+   fine-tuned by distillation from the original model on the same kind of unlabelled images.
 
 Every resulting file is decoded and evaluated on the 500 labelled images of ../shared/data/imagenet-sample
 (Caffe preprocessing from the model's config: shorter side 256 bilinear without anti-aliasing, centre
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from squeezelab.compress import load_compressed, quantize, save_compressed
+from squeezelab.compress import correct_biases, load_compressed, quantize, save_compressed
 from squeezelab.compress.finetune import distill
 from squeezelab.compress.plotting import line_plot, save_figure
 from squeezelab.compress.sensitivity import Sensitivity, allocate, distillation_scorer, summed_degradation, sweep
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.005,0.01,0.02,0.04,0.08,0.16,0.32", help="summed-KL budgets")
     parser.add_argument("--uniform-bits", default="8,7,6,5,4", help="reference files with one bit width everywhere")
     parser.add_argument("--linear-bits", default="8,7,6,5,4", help="the same with Han et al.'s linear-init k-means")
+    parser.add_argument("--bias-correction", type=int, default=0, metavar="N", help="also each recipe with bias correction on N images")
     parser.add_argument("--distill-steps", type=int, default=0, help="centroid fine-tuning steps by distillation")
     parser.add_argument("--distill-images", type=int, default=1024)
     parser.add_argument("--files", type=Path, help="keep the .sqz files here (default: a temporary folder)")
@@ -124,15 +127,23 @@ def main() -> None:
     for budget in (float(b) for b in args.budgets.split(",") if b):
         allocated = allocate(sensitivity, "kl", max_degradation=budget)
         recipes[f"KL budget {budget:g}"] = ({name: int(v) for name, v in allocated.items()}, "optimal")
+    # Seed 1: unlabelled images to fit to, disjoint from the seed-0 images that score KL.
     distill_images = calibration_images(args.data, cfg, args.distill_images, seed=1) if args.distill_steps else None
+    correction_images = calibration_images(args.data, cfg, args.bias_correction, seed=1) if args.bias_correction else None
+    variants = [("", 0, False)]
+    if correction_images is not None:
+        variants.append((" + bias correction", 0, True))
+    if distill_images is not None:
+        variants.append((f" + distill {args.distill_steps}", args.distill_steps, False))
     for name, (bits, init) in recipes.items():
-        variants = [("", 0)] + ([(f" + distill {args.distill_steps}", args.distill_steps)] if distill_images is not None else [])
-        for suffix, steps in variants:
+        for suffix, steps, corrected in variants:
             recipe = name + suffix
-            if recipe in rows or (steps and init != "optimal"):
+            if recipe in rows or ((steps or corrected) and init != "optimal"):
                 continue
             model = import_caffe_compressed(args.release)
             quantize(model, bits, init=init)
+            if corrected:
+                correct_biases(model, original, correction_images)
             if steps:
                 distill(model, original, distill_images, steps)
             stem = recipe.replace(" ", "_")
@@ -168,13 +179,13 @@ def summarize(rows: dict[str, dict], out: Path) -> None:
         )
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     curves = {}
-    for family in ("KL budget", "uniform"):
+    for family, suffix in (("KL budget", ""), ("uniform", ""), ("KL budget", " + bias correction")):
         chosen = sorted(
-            (r for r in rows.values() if r["recipe"].startswith(family) and "distill" not in r["recipe"] and "linear" not in r["recipe"]),
+            (r for r in rows.values() if r["recipe"].startswith(family) and _variant(r["recipe"]) == suffix and "linear" not in r["recipe"]),
             key=lambda r: int(r["file_bytes"]),
         )
-        for metric in ("top1", "top5"):
-            curves[f"{family}: {metric}"] = ([int(r["file_bytes"]) for r in chosen], [float(r[metric]) for r in chosen])
+        for metric in ("top1", "top5") if chosen else ():
+            curves[f"{family}{suffix}: {metric}"] = ([int(r["file_bytes"]) for r in chosen], [float(r[metric]) for r in chosen])
     figure = line_plot(curves, "file bytes", "accuracy on the 500 ImageNet images (%)", "re-compressed Deep Compression SqueezeNet v1.0")
     axis = figure.axes[0]
     for value, style in ((top1, "--"), (top5, ":")):
@@ -182,6 +193,11 @@ def summarize(rows: dict[str, dict], out: Path) -> None:
     axis.axvline(PAPER_BYTES, color="red", linewidth=0.8)
     save_figure(figure, out / "results.png")
     print("\n".join(lines))
+
+
+def _variant(recipe: str) -> str:
+    """What a recipe adds after its bits (`` + bias correction``, `` + distill 150``), or ``""``."""
+    return recipe[recipe.index(" + ") :] if " + " in recipe else ""
 
 
 if __name__ == "__main__":

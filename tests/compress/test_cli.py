@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from squeezelab.cli.main import main
 from squeezelab.compress import load_compressed
@@ -60,6 +61,20 @@ def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
     assert "needs data" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--stage-epochs", "4"]) == 2
     assert "--stage-epochs: expected STAGE=N" in capsys.readouterr().err
+    assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bias-correction", "16"]) == 2
+    assert "bias correction needs the training images of a data set" in capsys.readouterr().err
+
+
+def test_compress_with_bias_correction_on_training_images(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.setenv("SQUEEZELAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "tiny.sqz"
+    argv = ["compress", str(model_file), "-o", str(out), "--bits", "2", "--dataset", "digits", "--limit", "300", "--quiet"]
+    assert main(argv + ["--bias-correction", "32"]) == 0
+    corrected = load_compressed(out).state_dict()
+    assert main(argv) == 0
+    plain = load_compressed(out).state_dict()
+    assert not torch.equal(corrected["classifier.1.bias"], plain["classifier.1.bias"])
+    assert torch.equal(corrected["classifier.1.weight"], plain["classifier.1.weight"])
 
 
 def test_torchrun_two_processes_compress_and_dsd_with_ddp_fine_tuning(tmp_path, model_file):

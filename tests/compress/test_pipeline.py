@@ -119,3 +119,28 @@ def _spatial_layers(model) -> list[str]:
     from squeezelab.compress import prunable_layers
 
     return [name for name, m in prunable_layers(model).items() if m.weight.dim() == 4 and m.weight[0, 0].numel() == 9]
+
+
+def test_bias_correction_ends_the_pipeline_and_travels_in_the_file(tmp_path, trained_state, digits, tiny_config):
+    from squeezelab.compress.biascorrection import _channel_means
+    from squeezelab.compress.pipeline import _training_images
+
+    def last_layer_gap(corrections: int) -> float:
+        path = tmp_path / f"corrected{corrections}.sqz"
+        compress_and_evaluate(
+            trained_tiny(trained_state), path, bits=1, data=digits, train_config=tiny_config, bias_correction=corrections,
+            progress=False, log=None,
+        )  # fmt: skip
+        decoded, dense = load_compressed(path), trained_tiny(trained_state)
+        got, wanted = _channel_means(decoded, images, 64), _channel_means(dense, images, 64)
+        return (got["classifier.1"] - wanted["classifier.1"]).abs().max().item()
+
+    images = _training_images(digits, 64, tiny_config.seed)
+    assert last_layer_gap(64) < 1e-3 < last_layer_gap(0)
+
+
+def test_bias_correction_needs_training_images_and_keeps_the_layers(trained_state, digits, tmp_path):
+    with pytest.raises(ValueError, match="bias correction needs the training images"):
+        compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", bits=4, bias_correction=16, progress=False)
+    with pytest.raises(ValueError, match="filter pruning"):
+        compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", keep_filters=0.5, bias_correction=16, data=digits, progress=False)

@@ -91,6 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compress.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature (default 4)")
     _add_recipe_arguments(compress)
     compress.add_argument("--run-dir", type=Path, help="fine-tuning run directories (checkpoints, curves); rerun to resume")
+    compress.add_argument(
+        "--bias-correction", type=int, default=0, metavar="N",
+        help="finally shift each layer's bias so that its mean output on N training images (labels unused) matches the dense model's",
+    )  # fmt: skip
     compress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
     compress.add_argument("--quiet", action="store_true")
     compress.set_defaults(func=run_compress)
@@ -209,6 +213,7 @@ def run_compress(args: argparse.Namespace) -> int:
             position_coder=args.position_coder,
             tensor_dtype=args.tensor_dtype,
             fold_batch_norm=args.fold_bn,
+            bias_correction=args.bias_correction,
             progress=not args.quiet,
             log=None if args.quiet else print,
         )

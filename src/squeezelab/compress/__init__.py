@@ -1,11 +1,12 @@
 """Deep Compression: pruning, trained quantization (weight sharing), entropy coding, ``.sqz`` files.
 
 See docs/compression.md. The pieces, in pipeline order: :func:`prune` / :func:`prune_filters`,
-:func:`quantize`, fine-tuning with ``squeezelab.train.fit`` (or :func:`distill`), :func:`save_compressed`
+:func:`quantize`, :func:`correct_biases`, fine-tuning with ``squeezelab.train.fit`` (or :func:`distill`), :func:`save_compressed`
 and :func:`load_compressed`; :func:`sweep` / :func:`allocate` for sensitivity-based budgets;
 :func:`compress_and_evaluate` runs it all; :func:`dense_sparse_dense` is DSD training.
 """
 
+from .biascorrection import correct_biases
 from .dsd import DSDResult, dense_sparse_dense
 from .finetune import distill, finetune, finetune_config, finetune_data
 from .kmeans import kmeans_1d, kmeans_1d_many
@@ -48,6 +49,7 @@ __all__ = [
     "allocate",
     "bake",
     "compress_and_evaluate",
+    "correct_biases",
     "dense_sparse_dense",
     "densities",
     "distill",

@@ -14,10 +14,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from squeezelab.data import DatasetSplits, build_loaders
+from squeezelab.data import BatchCollate, DatasetSplits, build_loaders
 from squeezelab.models.profile import MB
 from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run_data, distributed_session, evaluate
 
+from .biascorrection import correct_biases
 from .finetune import finetune, finetune_config
 from .layers import parse_per_layer
 from .pruning import DensitySpec, GranularitySpec, iterative_prune
@@ -86,6 +87,7 @@ def compress_and_evaluate(
     position_coder: str = "auto",
     tensor_dtype: str = "float32",
     fold_batch_norm: bool = False,
+    bias_correction: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> CompressionOutcome:
@@ -98,7 +100,8 @@ def compress_and_evaluate(
     ``stage_epochs`` gives named stages ("filters", "prune1" .. "prune<steps>", "quantized") their own
     number of epochs, for example a long last pruning stage, where most of the accuracy is lost. If
     ``train_config.distill`` > 0, fine-tuning also learns from the dense model's soft targets (a frozen copy
-    taken before any pruning). With ``data``, the dense model and the model decoded from the written file
+    taken before any pruning). ``bias_correction`` > 0 ends with :func:`.correct_biases` on that many
+    training images of ``data`` (used without their labels), the dense model as reference. With ``data``, the dense model and the model decoded from the written file
     are evaluated on its test split. Under ``torchrun`` every fine-tuning stage is data-parallel (a DDP
     :func:`~squeezelab.train.fit`), every process returns the same outcome and only rank 0 writes files.
 
@@ -114,11 +117,18 @@ def compress_and_evaluate(
     tuning = any(epochs.values())
     if tuning and data is None:
         raise ValueError("fine-tuning needs data (a dataset name and root)")
+    if bias_correction < 0:
+        raise ValueError(f"bias correction takes a number of images >= 0, got {bias_correction}")
+    if bias_correction and (data is None or data.train is None):
+        raise ValueError("bias correction needs the training images of a data set (a dataset name and root)")
+    if bias_correction and keep_filters is not None:
+        raise ValueError("bias correction compares each layer with the dense model's, which filter pruning reshapes")
     config = finetune_config(finetune_epochs or 1, train_config)
     with distributed_session(config.device) as dist_info:
         test_loader = build_loaders(data, EVAL_BATCH).test if data is not None else None
         dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
-        teacher = copy.deepcopy(model).eval() if tuning and config.distill else None
+        dense = copy.deepcopy(model).eval() if (tuning and config.distill) or bias_correction else None
+        teacher = dense if tuning and config.distill else None
         runs = Path(run_dir) if run_dir is not None else None
         if runs is not None and tuning:
             settings = {"model": fingerprint(model), "density": density, "bits": bits, "init": init,
@@ -145,10 +155,18 @@ def compress_and_evaluate(
             densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"), granularity)
         codebook_sizes = quantize(model, bits, init, centroid_update)
         tune("quantized")
+        if bias_correction:
+            correct_biases(model, dense, _training_images(data, bias_correction, config.seed))
         report = _save_on_main(dist_info, model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)
         decoded = load_compressed(path)
         compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
+
+
+def _training_images(data: DatasetSplits, count: int, seed: int) -> torch.Tensor:
+    """``count`` training images (a fixed random subset), normalised as the model expects, not augmented."""
+    chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:count]
+    return BatchCollate(data.normalization)([data.train[int(i)] for i in chosen])[0]
 
 
 def parse_stage_epochs(text: str | None) -> dict[str, int]:

@@ -106,7 +106,7 @@ def save_compressed(
         encoded.append(layer)
     state = plain_state_dict(model)
     folded = batch_norms(model) if fold_batch_norm else {}
-    state = _folded_state(state, folded, _sole_convolution_inputs(model, folded) if folded else {})
+    state = _folded_state(state, folded, sole_convolution_inputs(model, folded) if folded else {})
     coded_keys = {f"{name}.weight" for name in shared}
     tensor_entries = []
     for key, tensor in state.items():
@@ -235,9 +235,9 @@ def batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     }
 
 
-def _sole_convolution_inputs(model: nn.Module, norms: dict[str, nn.Module]) -> dict[str, str]:
-    """For each batch norm in ``norms`` whose input is the output of a biased convolution used by nothing
-    else, that convolution's name (from the model's ``torch.fx`` graph)."""
+def sole_convolution_inputs(model: nn.Module, norms: dict[str, nn.Module], require_bias: bool = True) -> dict[str, str]:
+    """For each batch norm in ``norms`` whose input is the output of a convolution (a biased one unless
+    ``require_bias`` is False) used by nothing else, that convolution's name (from the ``torch.fx`` graph)."""
     graph = torch.fx.symbolic_trace(model).graph
     modules = dict(model.named_modules())
     inputs = {}
@@ -248,7 +248,7 @@ def _sole_convolution_inputs(model: nn.Module, norms: dict[str, nn.Module]) -> d
         if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
             continue
         conv = modules[source.target]
-        if isinstance(conv, nn.modules.conv._ConvNd) and conv.bias is not None:
+        if isinstance(conv, nn.modules.conv._ConvNd) and (conv.bias is not None or not require_bias):
             inputs[node.target] = source.target
     return inputs
 
