@@ -75,6 +75,9 @@ def test_compress_with_bias_correction_on_training_images(tmp_path, model_file, 
     plain = load_compressed(out).state_dict()
     assert not torch.equal(corrected["classifier.1.bias"], plain["classifier.1.bias"])
     assert torch.equal(corrected["classifier.1.weight"], plain["classifier.1.weight"])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--dataset", "digits", "--quiet"]) == 0  # eval reads .sqz files
+    assert capsys.readouterr().out.startswith(f"{out} on digits test (")
 
 
 def test_torchrun_two_processes_compress_and_dsd_with_ddp_fine_tuning(tmp_path, model_file):

@@ -144,3 +144,16 @@ def test_bias_correction_needs_training_images_and_keeps_the_layers(trained_stat
         compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", bits=4, bias_correction=16, progress=False)
     with pytest.raises(ValueError, match="filter pruning"):
         compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", keep_filters=0.5, bias_correction=16, data=digits, progress=False)
+
+
+def test_data_of_other_classes_serves_bias_correction_only(tmp_path, digits, tiny_config):
+    from .conftest import tiny_model
+
+    messages = []
+    outcome = compress_and_evaluate(
+        tiny_model(num_classes=4), tmp_path / "a.sqz", bits=2, data=digits, bias_correction=32, progress=False, log=messages.append
+    )  # fmt: skip
+    assert outcome.dense_metrics is None and outcome.compressed_metrics is None
+    assert any("no accuracy measured" in m and "10 classes, the model 4" in m for m in messages)
+    with pytest.raises(ValueError, match="labelled with the model's classes"):
+        compress_and_evaluate(tiny_model(num_classes=4), tmp_path / "b.sqz", bits=2, data=digits, finetune_epochs=1, progress=False)

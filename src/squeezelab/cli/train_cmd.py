@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from squeezelab.data import list_datasets
+from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.train import TrainConfig, default_run_dir, evaluate_checkpoint, resume_training, train_from_config
 from squeezelab.train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES
 from squeezelab.utils.files import atomic_write_text
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ev = subparsers.add_parser("eval", help="top-1/top-5, loss, per-class accuracy and images/s of a checkpoint")
     ev.add_argument("model", nargs="?", help="registered model name (only for files without an architecture)")
-    ev.add_argument("--checkpoint", type=Path, required=True, help="model file, training checkpoint or state_dict")
+    ev.add_argument("--checkpoint", type=Path, required=True, help="model file, training checkpoint, state_dict, compressed .sqz or Caffe .net")
     ev.add_argument("--dataset", required=True, choices=list_datasets())
     ev.add_argument("--data-root", help="data folder")
     ev.add_argument("--split", choices=("test", "val"), default="test")
@@ -98,10 +99,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # .sqz and Caffe .net files are read by the interop loader; torch files keep their training record
+    loaded = load_any_model(args.checkpoint) if detect_format(args.checkpoint) != "torch" else None
     metrics, splits = evaluate_checkpoint(
         args.checkpoint,
         args.dataset,
         args.data_root,
+        model=loaded,
         model_name=args.model,
         split=args.split,
         batch_size=args.batch_size,

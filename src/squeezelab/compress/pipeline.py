@@ -101,8 +101,9 @@ def compress_and_evaluate(
     number of epochs, for example a long last pruning stage, where most of the accuracy is lost. If
     ``train_config.distill`` > 0, fine-tuning also learns from the dense model's soft targets (a frozen copy
     taken before any pruning). ``bias_correction`` > 0 ends with :func:`.correct_biases` on that many
-    training images of ``data`` (used without their labels), the dense model as reference. With ``data``, the dense model and the model decoded from the written file
-    are evaluated on its test split. Under ``torchrun`` every fine-tuning stage is data-parallel (a DDP
+    training images of ``data`` (used without their labels), the dense model as reference. With ``data``
+    labelled with the model's classes, the dense model and the model decoded from the written file are
+    evaluated on its test split (data of other classes serves bias correction only). Under ``torchrun`` every fine-tuning stage is data-parallel (a DDP
     :func:`~squeezelab.train.fit`), every process returns the same outcome and only rank 0 writes files.
 
     With ``run_dir``, calling again with the same model and settings resumes an interrupted run: each
@@ -121,11 +122,16 @@ def compress_and_evaluate(
         raise ValueError(f"bias correction takes a number of images >= 0, got {bias_correction}")
     if bias_correction and (data is None or data.train is None):
         raise ValueError("bias correction needs the training images of a data set (a dataset name and root)")
+    labelled = data is not None and _labels_fit(model, data)
+    if tuning and not labelled:
+        raise ValueError(f"fine-tuning needs data labelled with the model's classes; {_class_mismatch(model, data)}")
     if bias_correction and keep_filters is not None:
         raise ValueError("bias correction compares each layer with the dense model's, which filter pruning reshapes")
     config = finetune_config(finetune_epochs or 1, train_config)
     with distributed_session(config.device) as dist_info:
-        test_loader = build_loaders(data, EVAL_BATCH).test if data is not None else None
+        test_loader = build_loaders(data, EVAL_BATCH).test if labelled else None
+        if data is not None and not labelled and log is not None:
+            log(f"no accuracy measured: {_class_mismatch(model, data)} (its images serve bias correction only)")
         dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
         dense = copy.deepcopy(model).eval() if (tuning and config.distill) or bias_correction else None
         teacher = dense if tuning and config.distill else None
@@ -161,6 +167,15 @@ def compress_and_evaluate(
         decoded = load_compressed(path)
         compressed_metrics = evaluate(decoded, test_loader) if test_loader is not None else None
     return CompressionOutcome(model, Path(path), report, densities, codebook_sizes, dense_metrics, compressed_metrics, results)
+
+
+def _labels_fit(model: nn.Module, data: DatasetSplits) -> bool:
+    cfg = getattr(model, "default_cfg", None)
+    return cfg is None or cfg.num_classes == data.num_classes
+
+
+def _class_mismatch(model: nn.Module, data: DatasetSplits) -> str:
+    return f"{data.name or 'the data'} has {data.num_classes} classes, the model {model.default_cfg.num_classes}"
 
 
 def _training_images(data: DatasetSplits, count: int, seed: int) -> torch.Tensor:

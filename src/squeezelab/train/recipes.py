@@ -109,6 +109,7 @@ def evaluate_checkpoint(
     dataset: str,
     root: str | Path | None = None,
     *,
+    model: torch.nn.Module | None = None,
     model_name: str | None = None,
     split: str = "test",
     batch_size: int = 256,
@@ -123,12 +124,15 @@ def evaluate_checkpoint(
 
     Images are preprocessed as the model's ``default_cfg`` says (what training recorded: input size,
     statistics, channel order). ``split="val"`` rebuilds the run's validation split from the seed and fraction
-    stored in a training checkpoint. Returns ``(metrics of evaluate(), the data splits)``.
+    stored in a training checkpoint. ``model``, if given, is what ``checkpoint`` holds, already loaded (a
+    compressed ``.sqz`` file, say, which only ``squeezelab.compress`` reads). Returns ``(metrics of
+    evaluate(), the data splits)``.
     """
     if split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {split!r}")
-    record = safe_torch_load(checkpoint)
-    model = trained_model_from_record(record, str(checkpoint), model_name)
+    record = safe_torch_load(checkpoint) if model is None else {}
+    if model is None:
+        model = trained_model_from_record(record, str(checkpoint), model_name)
     options = dataset_options_from_config(model.default_cfg)
     if input_size is not None:
         options["input_size"] = tuple(input_size[-2:])
