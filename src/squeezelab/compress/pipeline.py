@@ -103,8 +103,9 @@ def compress_and_evaluate(
     taken before any pruning). ``bias_correction`` > 0 ends with :func:`.correct_biases` on that many
     training images of ``data`` (used without their labels), the dense model as reference. With ``data``
     labelled with the model's classes, the dense model and the model decoded from the written file are
-    evaluated on its test split (data of other classes serves bias correction only). Under ``torchrun`` every fine-tuning stage is data-parallel (a DDP
-    :func:`~squeezelab.train.fit`), every process returns the same outcome and only rank 0 writes files.
+    evaluated on its test split (data of other classes serves bias correction only). Under ``torchrun``
+    every fine-tuning stage is data-parallel (a DDP :func:`~squeezelab.train.fit`), every process returns
+    the same outcome and only rank 0 writes files.
 
     With ``run_dir``, calling again with the same model and settings resumes an interrupted run: each
     fine-tuning stage continues from its own ``last.pt`` (a finished stage just reloads its best weights), and
