@@ -63,6 +63,8 @@ def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
     assert "--stage-epochs: expected STAGE=N" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bias-correction", "16"]) == 2
     assert "bias correction needs the training images of a data set" in capsys.readouterr().err
+    assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bias-correction", "-3", "--dataset", "digits", "--quiet"]) == 2
+    assert "--bias-correction: expected a number of images >= 0, got -3" in capsys.readouterr().err
 
 
 def test_compress_with_bias_correction_on_training_images(tmp_path, model_file, capsys, monkeypatch):

@@ -120,7 +120,7 @@ def compress_and_evaluate(
     if tuning and data is None:
         raise ValueError("fine-tuning needs data (a dataset name and root)")
     if bias_correction < 0:
-        raise ValueError(f"bias correction takes a number of images >= 0, got {bias_correction}")
+        raise ValueError(f"--bias-correction: expected a number of images >= 0, got {bias_correction}")
     if bias_correction and (data is None or data.train is None):
         raise ValueError("bias correction needs the training images of a data set (a dataset name and root)")
     labelled = data is not None and _labels_fit(model, data)
