@@ -49,7 +49,7 @@ def correct_biases(
             return None
         shift = (_mean_per_channel(output) - wanted[name]).to(output.device, output.dtype)
         # A batch norm subtracts its running mean, so the shift is added there and taken off a bias.
-        target.add_(shift) if layer.bias is None else target.sub_(shift)
+        target.add_(shift if layer.bias is None else -shift)
         shifts[name] = shift.abs().mean().item()
         return output - shift.view(1, -1, *([1] * (output.dim() - 2)))
 
