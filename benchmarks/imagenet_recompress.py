@@ -5,7 +5,7 @@ Recipe, chosen by principle and never tuned on the evaluation images:
 1. Sensitivity of every layer to weight-sharing bits (8 .. 3), each layer alone, scored without labels
    as the KL divergence from the original model's outputs on unlabelled natural images (CIFAR-10
    training JPEGs upscaled to the model's input; ``--calibration`` images, fixed seed).
-2. For a ladder of KL budgets, per-layer bits from ``allocate`` (greedy bytes saved per unit of KL);
+2. For a ladder of KL budgets, per-layer bits from ``allocate`` (the smallest allocation within the KL budget);
    exact 1-D k-means per layer; biases stored as float16; entropy coding (ANS / Huffman, best per stream).
 3. Optionally (``--bias-correction N``) empirical bias correction: each layer's bias is shifted, layer by
    layer, so that its mean output per channel on N unlabelled images (a subset disjoint from the scoring

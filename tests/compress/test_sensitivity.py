@@ -1,8 +1,20 @@
+import itertools
+import math
+
 import pytest
 import torch
 
 from squeezelab.compress import prunable_layers, prune, quantize
-from squeezelab.compress.sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, sweep
+from squeezelab.compress.sensitivity import (
+    ALLOCATION_STEPS,
+    Sensitivity,
+    SensitivityPoint,
+    accuracy_scorer,
+    allocate,
+    distillation_scorer,
+    summed_degradation,
+    sweep,
+)
 from squeezelab.compress.sqz import layer_bytes
 from squeezelab.data import build_loaders
 
@@ -31,9 +43,11 @@ def test_bits_sweep_with_distillation_and_allocation(digits, trained_state):
     result = sweep(model, distillation_scorer(images, model), "bits", [8, 4, 2], progress=False)
     assert result.baseline["kl"] == pytest.approx(0.0, abs=1e-6)
     assert set(result.layers) == set(prunable_layers(model))
-    mildest = allocate(result, "kl", max_degradation=0.0)
-    assert all(bits == 8 for bits in mildest.values())
     sizes = {(p.layer, p.value): p.layer_bytes for p in result.points}
+    # even 8 bits move the outputs a little, so no setting meets a zero budget: the least degraded is returned
+    least = allocate(result, "kl", max_degradation=0.0)
+    each_least = {layer: min(result.degradation(p, "kl") for p in result.points if p.layer == layer) for layer in result.layers}
+    assert summed_degradation(result, least, "kl") == pytest.approx(sum(max(d, 0.0) for d in each_least.values()))
     budget = sum(sizes[layer, 4] for layer in result.layers)
     settings = allocate(result, "kl", max_bytes=budget)
     assert sum(sizes[layer, bits] for layer, bits in settings.items()) <= budget
@@ -73,3 +87,55 @@ def test_kernel_granularity_sweep_prunes_whole_kernels(digits, trained_state):
         result = sweep(model, scorer, "density", [0.25], ["features.0"], progress=False, bits=4, granularity=granularity)
         sizes[granularity] = result.points[0].layer_bytes
     assert sizes["kernel"] < sizes["weight"]  # same weights kept, far fewer position bits
+
+
+def _synthetic_sensitivity(seed: int, layers: int = 4, values: tuple = (1.0, 0.6, 0.3, 0.1)) -> Sensitivity:
+    """Random curves, not convex: a layer may lose most in its first step and little after."""
+    generator = torch.Generator().manual_seed(seed)
+    points = []
+    for layer in range(layers):
+        size = int(torch.randint(1_000, 50_000, (1,), generator=generator))
+        loss = 0.0
+        for value in values:
+            points.append(SensitivityPoint(f"l{layer}", value, {"kl": loss}, int(size * value) + 40))
+            loss += float(torch.rand(1, generator=generator)) ** 3
+    return Sensitivity("density", {"kl": 0.0}, points)
+
+
+def _brute_force(result: Sensitivity, fits) -> dict:
+    """The best of all combinations (least summed kl, then fewest bytes) among those that ``fits``."""
+    by_layer = {layer: [p for p in result.points if p.layer == layer] for layer in result.layers}
+    combinations = [dict(zip(by_layer, choice)) for choice in itertools.product(*by_layer.values())]
+    kept = [c for c in combinations if fits(c)]
+    best = min(kept, key=lambda c: (sum(p.metrics["kl"] for p in c.values()), sum(p.layer_bytes for p in c.values())))
+    return {layer: point.value for layer, point in best.items()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_allocation_is_the_optimum_of_all_combinations(seed):
+    result = _synthetic_sensitivity(seed)
+    sizes = {(p.layer, p.value): p.layer_bytes for p in result.points}
+    total = sum(max(s for (l, _), s in sizes.items() if l == layer) for layer in result.layers)
+    budget = int(total * 0.45)
+    exact = allocate(result, "kl", max_bytes=budget + 100, fixed_bytes=100)
+    best = _brute_force(result, lambda c: sum(p.layer_bytes for p in c.values()) <= budget)
+    assert sum(sizes[layer, v] for layer, v in exact.items()) <= budget
+    assert summed_degradation(result, exact, "kl") == pytest.approx(summed_degradation(result, best, "kl"))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_degradation_budget_gives_the_smallest_model_within_it(seed):
+    result = _synthetic_sensitivity(seed)
+    sizes = {(p.layer, p.value): p.layer_bytes for p in result.points}
+    limit = 0.8
+    exact = allocate(result, "kl", max_degradation=limit)
+    smallest = min(
+        sum(p.layer_bytes for p in c.values())
+        for c in (dict(zip(result.layers, choice)) for choice in itertools.product(
+            *([p for p in result.points if p.layer == layer] for layer in result.layers)))
+        if sum(p.metrics["kl"] for p in c.values()) <= limit
+    )
+    assert summed_degradation(result, exact, "kl") <= limit + 1e-9
+    # minimal to within one rounding step (1/ALLOCATION_STEPS of the mildest total) per layer
+    assert sum(sizes[layer, v] for layer, v in exact.items()) <= smallest + 4 * math.ceil(sum(
+        max(s for (l, _), s in sizes.items() if l == layer) for layer in result.layers) / ALLOCATION_STEPS)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ SWEEP_KINDS = ("density", "bits")
 HIGHER_IS_BETTER = {"top1": True, "top5": True, "loss": False, "kl": False}
 DEFAULT_DENSITIES = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
 DEFAULT_BITS = (8, 7, 6, 5, 4, 3, 2)
+ALLOCATION_STEPS = 16384  # resolution of the byte budget in allocate()
 
 
 def accuracy_scorer(loader: Iterable, device: torch.device | str | None = None) -> Scorer:
@@ -217,47 +219,64 @@ def allocate(
     max_degradation: float | None = None,
     fixed_bytes: int = 0,
 ) -> dict[str, float]:
-    """Per-layer settings from the curves: the smallest model whose summed degradation of ``metric``
-    stays within ``max_degradation``, or the least degraded one within ``max_bytes`` (file size,
-    ``fixed_bytes`` of which are not layer weights: biases, metadata).
+    """Per-layer settings from the curves: the least degraded model (summed degradation of ``metric``)
+    within ``max_bytes`` (file size, ``fixed_bytes`` of which are not layer weights: biases, metadata), or
+    the smallest one whose summed degradation stays within ``max_degradation`` (the least degraded one if
+    none does).
 
-    Greedy on marginal cost: starting from each layer's mildest setting, repeatedly take the single
-    change (any layer, any harsher setting) that saves the most bytes per unit of added degradation.
+    Exact, not greedy: a multiple-choice knapsack solved by dynamic programming over bytes. Sizes are
+    counted in steps of 1/``ALLOCATION_STEPS`` of the room and rounded up, so a byte budget is never
+    exceeded and a size is minimal to within one step per layer. A greedy walk down the curves stalls
+    on curves that are not convex (a layer that degrades most in its first steps, then little).
     """
     if (max_bytes is None) == (max_degradation is None):
         raise ValueError("allocate needs exactly one of max_bytes and max_degradation")
     if metric not in sensitivity.baseline:
         raise ValueError(f"metric {metric!r} was not measured; measured: {sensitivity.metrics}")
     options = _options_by_layer(sensitivity, metric)
-    chosen = {layer: 0 for layer in options}
+    smallest = fixed_bytes + sum(min(o[1] for o in opts) for opts in options.values())
+    if max_bytes is not None and smallest > max_bytes:
+        raise ValueError(f"no setting in the sweep reaches {max_bytes:,} bytes (smallest: {smallest:,})")
+    room = max_bytes - fixed_bytes if max_bytes is not None else sum(max(o[1] for o in opts) for opts in options.values())
+    step = max(1, math.ceil(room / ALLOCATION_STEPS))
+    costs = {layer: [math.ceil(size / step) for _, size, _ in opts] for layer, opts in options.items()}
+    capacity = room // step if max_bytes is not None else sum(max(layer_costs) for layer_costs in costs.values())
+    least, picks = _least_degradation(options, costs, capacity)
+    if max_degradation is not None:
+        within = np.flatnonzero(least <= max_degradation + 1e-12)
+        capacity = int(within[0]) if len(within) else capacity
+    elif math.isinf(least[capacity]):  # fits only without the rounding up
+        raise ValueError(f"no setting in the sweep reaches {max_bytes:,} bytes to within {step} bytes per layer")
+    chosen = {}
+    for layer in reversed(list(options)):
+        index = int(picks[layer][capacity])
+        chosen[layer] = options[layer][index][0]
+        capacity -= costs[layer][index]
+    return {layer: chosen[layer] for layer in options}
 
-    def total_bytes() -> int:
-        return fixed_bytes + sum(options[layer][i][1] for layer, i in chosen.items())
 
-    def total_degradation() -> float:
-        return sum(options[layer][i][2] for layer, i in chosen.items())
-
-    while max_bytes is None or total_bytes() > max_bytes:
-        best = None
-        for layer, i in chosen.items():
-            _, size, degradation = options[layer][i]
-            for j in range(i + 1, len(options[layer])):
-                saved = size - options[layer][j][1]
-                added = options[layer][j][2] - degradation
-                if saved <= 0 or (max_degradation is not None and total_degradation() + added > max_degradation):
-                    continue
-                ratio = saved / max(added, 1e-12)
-                if best is None or ratio > best[0]:
-                    best = (ratio, layer, j)
-        if best is None:
-            if max_bytes is not None:
-                raise ValueError(
-                    f"no setting in the sweep reaches {max_bytes:,} bytes (smallest: "
-                    f"{fixed_bytes + sum(min(o[1] for o in opts) for opts in options.values()):,})"
-                )
-            break
-        chosen[best[1]] = best[2]
-    return {layer: options[layer][i][0] for layer, i in chosen.items()}
+def _least_degradation(
+    options: Mapping[str, list[tuple[float, int, float]]], costs: Mapping[str, list[int]], capacity: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``least[c]``: the smallest summed degradation of all layers within ``c`` size steps (inf if none);
+    ``picks[layer][c]``: the option that layer takes there, given the layers before it."""
+    least = np.zeros(capacity + 1)
+    picks = {}
+    for layer, opts in options.items():
+        best = np.full(capacity + 1, np.inf)
+        pick = np.zeros(capacity + 1, dtype=np.int64)
+        # cheapest first with a strict comparison: of equally degraded options the smaller wins
+        for index in sorted(range(len(opts)), key=lambda i: costs[layer][i]):
+            cost = costs[layer][index]
+            if cost > capacity:
+                continue
+            candidate = np.full(capacity + 1, np.inf)
+            candidate[cost:] = least[: capacity + 1 - cost] + opts[index][2]
+            better = candidate < best
+            best[better] = candidate[better]
+            pick[better] = index
+        least, picks[layer] = best, pick
+    return least, picks
 
 
 def _options_by_layer(sensitivity: Sensitivity, metric: str) -> dict[str, list[tuple[float, int, float]]]:
