@@ -44,6 +44,7 @@ def test_compress_decompress_sensitivity(tmp_path, model_file, capsys, monkeypat
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and "allocated density per layer: features.0=" in printed
+    assert "predicted: layer weights" in printed
     assert (tmp_path / "sens.csv").is_file() and (tmp_path / "sens.png").is_file()
     assert main(["sensitivity", "--from-csv", str(tmp_path / "sens.csv"), "--max-drop", "100"]) == 0
     assert "features.0=0.2,classifier.1=0.2" in capsys.readouterr().out

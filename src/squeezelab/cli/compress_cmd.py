@@ -29,6 +29,8 @@ from squeezelab.compress.sensitivity import (
     accuracy_scorer,
     allocate,
     distillation_scorer,
+    summed_bytes,
+    summed_degradation,
     sweep,
 )
 from squeezelab.data import build_loaders, list_datasets
@@ -256,6 +258,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.max_bytes is not None or args.max_drop is not None:
         settings = allocate(result, metric, max_bytes=args.max_bytes, max_degradation=args.max_drop)
         print(f"allocated {result.kind} per layer: " + ",".join(f"{name}={value:g}" for name, value in settings.items()))
+        print(f"predicted: layer weights {summed_bytes(result, settings):,} bytes (biases, batch norms and metadata "
+              f"come on top), summed {metric} degradation {summed_degradation(result, settings, metric):.4g}")
     return 0
 
 

@@ -288,6 +288,15 @@ def _options_by_layer(sensitivity: Sensitivity, metric: str) -> dict[str, list[t
     return {layer: sorted(opts, key=lambda o: -o[0]) for layer, opts in options.items()}
 
 
+def summed_bytes(sensitivity: Sensitivity, settings: Mapping[str, float]) -> int:
+    """The layers' bytes at these per-layer settings, as the sweep measured them."""
+    return sum(
+        point.layer_bytes
+        for point in sensitivity.points
+        if point.layer in settings and math.isclose(point.value, settings[point.layer])
+    )
+
+
 def summed_degradation(sensitivity: Sensitivity, settings: Mapping[str, float], metric: str) -> float:
     """Predicted degradation of a set of per-layer settings (sum over layers of each one's own)."""
     total = 0.0
