@@ -102,11 +102,15 @@ def _synthetic_sensitivity(seed: int, layers: int = 4, values: tuple = (1.0, 0.6
     return Sensitivity("density", {"kl": 0.0}, points)
 
 
+def _combinations(result: Sensitivity) -> list[dict]:
+    """Every choice of one sweep point per layer."""
+    by_layer = [[p for p in result.points if p.layer == layer] for layer in result.layers]
+    return [dict(zip(result.layers, choice)) for choice in itertools.product(*by_layer)]
+
+
 def _brute_force(result: Sensitivity, fits) -> dict:
     """The best of all combinations (least summed kl, then fewest bytes) among those that ``fits``."""
-    by_layer = {layer: [p for p in result.points if p.layer == layer] for layer in result.layers}
-    combinations = [dict(zip(by_layer, choice)) for choice in itertools.product(*by_layer.values())]
-    kept = [c for c in combinations if fits(c)]
+    kept = [c for c in _combinations(result) if fits(c)]
     best = min(kept, key=lambda c: (sum(p.metrics["kl"] for p in c.values()), sum(p.layer_bytes for p in c.values())))
     return {layer: point.value for layer, point in best.items()}
 
@@ -131,8 +135,7 @@ def test_degradation_budget_gives_the_smallest_model_within_it(seed):
     exact = allocate(result, "kl", max_degradation=limit)
     smallest = min(
         sum(p.layer_bytes for p in c.values())
-        for c in (dict(zip(result.layers, choice)) for choice in itertools.product(
-            *([p for p in result.points if p.layer == layer] for layer in result.layers)))
+        for c in _combinations(result)
         if sum(p.metrics["kl"] for p in c.values()) <= limit
     )
     assert summed_degradation(result, exact, "kl") <= limit + 1e-9

@@ -290,17 +290,13 @@ def _options_by_layer(sensitivity: Sensitivity, metric: str) -> dict[str, list[t
 
 def summed_bytes(sensitivity: Sensitivity, settings: Mapping[str, float]) -> int:
     """The layers' bytes at these per-layer settings, as the sweep measured them."""
-    return sum(
-        point.layer_bytes
-        for point in sensitivity.points
-        if point.layer in settings and math.isclose(point.value, settings[point.layer])
-    )
+    return sum(point.layer_bytes for point in _chosen_points(sensitivity, settings))
 
 
 def summed_degradation(sensitivity: Sensitivity, settings: Mapping[str, float], metric: str) -> float:
     """Predicted degradation of a set of per-layer settings (sum over layers of each one's own)."""
-    total = 0.0
-    for point in sensitivity.points:
-        if point.layer in settings and math.isclose(point.value, settings[point.layer]):
-            total += max(sensitivity.degradation(point, metric), 0.0)
-    return total
+    return sum((max(sensitivity.degradation(p, metric), 0.0) for p in _chosen_points(sensitivity, settings)), 0.0)
+
+
+def _chosen_points(sensitivity: Sensitivity, settings: Mapping[str, float]) -> Iterable[SensitivityPoint]:
+    return (p for p in sensitivity.points if p.layer in settings and math.isclose(p.value, settings[p.layer]))
