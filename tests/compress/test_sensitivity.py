@@ -142,3 +142,13 @@ def test_degradation_budget_gives_the_smallest_model_within_it(seed):
     # minimal to within one rounding step (1/ALLOCATION_STEPS of the mildest total) per layer
     assert sum(sizes[layer, v] for layer, v in exact.items()) <= smallest + 4 * math.ceil(sum(
         max(s for (l, _), s in sizes.items() if l == layer) for layer in result.layers) / ALLOCATION_STEPS)
+
+
+def test_divergence_plot_starts_at_zero(tmp_path, monkeypatch):
+    from squeezelab.compress import plotting
+
+    saved = []
+    monkeypatch.setattr(plotting, "save_figure", lambda figure, path: saved.append(figure))
+    _synthetic_sensitivity(seed=0).plot(tmp_path / "sens.png", "kl")
+    assert saved[0].axes[0].get_yscale() == "symlog"
+    assert saved[0].axes[0].get_ylim()[0] == 0  # no empty negative decades for a divergence

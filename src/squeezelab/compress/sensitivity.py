@@ -148,11 +148,14 @@ class Sensitivity:
         from .plotting import line_plot, save_figure
 
         metric = metric or self.metrics[0]
-        figure = line_plot(self.curves(metric), self.kind, metric, f"sensitivity: each layer alone, baseline {metric} = {self.baseline[metric]:.4g}")
+        curves = self.curves(metric)
+        figure = line_plot(curves, self.kind, metric, f"sensitivity: each layer alone, baseline {metric} = {self.baseline[metric]:.4g}")
         if self.kind == "density":
             figure.axes[0].invert_xaxis()
         if not HIGHER_IS_BETTER.get(metric, True):
             figure.axes[0].set_yscale("symlog", linthresh=1e-3)  # divergences span several decades
+            if min(min(ys) for _, ys in curves.values()) >= 0:
+                figure.axes[0].set_ylim(bottom=0)  # symlog would otherwise mirror empty decades below zero
         save_figure(figure, path)
 
     def write(self, stem: str | os.PathLike, metric: str | None = None) -> list[Path]:
