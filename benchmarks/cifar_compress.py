@@ -46,7 +46,7 @@ from squeezelab.compress import (
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
 from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs
-from squeezelab.compress.sharing import CENTROID_UPDATES
+from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_datasets
 from squeezelab.models import create_model
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--granularity", default="weight", help="prune single weights or whole kernels: weight, kernel, conv3x3=kernel,...")
     parser.add_argument("--bits", default="stem=6,conv3x3=3,default=4")
     parser.add_argument("--centroid-update", choices=CENTROID_UPDATES, default="mean", help="mean (default) or sum (Han et al.) of the weights' gradients")
+    parser.add_argument("--shared-training", choices=SHARED_TRAININGS, default="centroids", help="fine-tune the centroids (Han et al.) or latent weights (quantization-aware)")
     parser.add_argument("--prune-steps", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--stage-epochs", help="epochs of named stages instead, e.g. prune5=16,quantized=6")
@@ -134,6 +135,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         granularity=parse_granularity_spec(args.granularity),
         bits=parse_bits_spec(args.bits),
         centroid_update=args.centroid_update,
+        shared_training=args.shared_training,
         data=splits,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
@@ -148,7 +150,8 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
     drop = outcome.dense_metrics["top1"] - outcome.compressed_metrics["top1"]
     lines = [
         f"model: {model.model_spec['name']} {json.dumps(model.model_spec['kwargs'])}",
-        "recipe: " + (f"filters kept {args.keep_filters}; " if args.keep_filters else "") + f"density {args.density}{'' if args.granularity == 'weight' else f' ({args.granularity} granularity)'}; bits {args.bits}; {args.prune_steps} prune steps; "
+        "recipe: " + (f"filters kept {args.keep_filters}; " if args.keep_filters else "") + f"density {args.density}{'' if args.granularity == 'weight' else f' ({args.granularity} granularity)'}; bits {args.bits}"
+        + (" with quantization-aware (latent weight) fine-tuning" if args.shared_training == "latent" else "") + f"; {args.prune_steps} prune steps; "
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
         f"{args.finetune_epochs} fine-tuning epochs per stage{f' ({args.stage_epochs})' if args.stage_epochs else ''} at lr {args.lr}"
         + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),

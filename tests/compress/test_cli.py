@@ -23,7 +23,7 @@ def test_compress_decompress_sensitivity(tmp_path, model_file, capsys, monkeypat
     code = main([
         "compress", str(model_file), "-o", str(out), "--density", "conv3x3=0.3,default=0.5", "--bits", "4",
         "--keep-filters", "conv1x1=0.75", "--dataset", "digits", "--limit", "300", "--finetune-epochs", "1",
-        "--batch-size", "32", "--distill", "0.5", "--run-dir", str(tmp_path / "runs"),
+        "--batch-size", "32", "--distill", "0.5", "--shared-training", "latent", "--run-dir", str(tmp_path / "runs"),
         "--report", str(tmp_path / "report"), "--quiet",
     ])  # fmt: skip
     printed = capsys.readouterr().out
@@ -31,6 +31,7 @@ def test_compress_decompress_sensitivity(tmp_path, model_file, capsys, monkeypat
     assert "compressed:" in printed and "test top-1" in printed and "ratio" in printed
     assert all((tmp_path / f"report{s}").is_file() for s in (".md", ".csv", ".json", ".png"))
     assert "distill: 0.5" in (tmp_path / "runs" / "quantized" / "config.yaml").read_text()
+    assert '"shared_training": "latent"' in (tmp_path / "runs" / "compression.json").read_text()
     decoded = load_compressed(out)
     assert decoded.model_spec["kwargs"]["fire_specs"]  # the structured-pruning channel plan travels in the file
 

@@ -157,3 +157,18 @@ def test_data_of_other_classes_serves_bias_correction_only(tmp_path, digits, tin
     assert any("no accuracy measured" in m and "10 classes, the model 4" in m for m in messages)
     with pytest.raises(ValueError, match="labelled with the model's classes"):
         compress_and_evaluate(tiny_model(num_classes=4), tmp_path / "b.sqz", bits=2, data=digits, finetune_epochs=1, progress=False)
+
+
+def test_latent_fine_tuning_resumes_and_writes_the_model_it_evaluated(tmp_path, trained_state, digits, tiny_config):
+    config = tiny_config.updated(epochs=2)
+    settings = {"shared_training": "latent", "prune_steps": 1, "bits": 2}
+    # stages prune1, quantized (2 epochs each): stop after the quantized stage's first epoch
+    with pytest.raises(KeyboardInterrupt):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", log=_StopAfter(3), **settings)
+    messages = []
+    outcome = _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", log=messages.append, **settings)
+    assert f"resuming {tmp_path / 'run' / 'quantized'} after epoch 1" in messages
+    assert '"shared_training": "latent"' in (tmp_path / "run" / "compression.json").read_text()
+    decoded = load_compressed(tmp_path / "a.sqz")
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(decoded.eval()(x), outcome.model.eval()(x), rtol=0, atol=0)

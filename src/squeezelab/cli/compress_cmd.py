@@ -19,7 +19,7 @@ from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
 from squeezelab.compress.kmeans import KMEANS_INITS
 from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs
-from squeezelab.compress.sharing import CENTROID_UPDATES
+from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
 from squeezelab.compress.positions import POSITION_CODERS
 from squeezelab.compress.pruning import GRANULARITIES, parse_granularity_spec
 from squeezelab.compress.sqz import FLOAT_STORAGE
@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compress.add_argument(
         "--centroid-update", choices=CENTROID_UPDATES, default="mean",
         help="fine-tuning moves each centroid by the mean (default) or the sum (Han et al.) of its weights' gradients",
+    )
+    compress.add_argument(
+        "--shared-training", choices=SHARED_TRAININGS, default="centroids",
+        help="after weight sharing fine-tune the centroids only (Han et al., default) or latent: quantization-aware, "
+        "full-precision weights re-assigned to their nearest centroid every step (straight-through gradients)",
     )
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
@@ -204,6 +209,7 @@ def run_compress(args: argparse.Namespace) -> int:
             bits=parse_bits_spec(args.bits),
             init=args.init,
             centroid_update=args.centroid_update,
+            shared_training=args.shared_training,
             keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
             data=_model_data(model, args, config),
             finetune_epochs=args.finetune_epochs,

@@ -30,7 +30,7 @@ from .pruning import (
 )
 from .report import LayerSize, SizeReport
 from .sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, sweep
-from .sharing import WeightSharing, parse_bits_spec, quantize, shared_layers
+from .sharing import LatentWeightSharing, WeightSharing, fix_assignments, parse_bits_spec, quantize, shared_layers
 from .sqz import CompressedFileError, inspect_compressed, load_compressed, save_compressed
 from .structured import prune_filters
 
@@ -45,6 +45,7 @@ __all__ = [
     "SizeReport",
     "StdThreshold",
     "WeightSharing",
+    "LatentWeightSharing",
     "accuracy_scorer",
     "allocate",
     "bake",
@@ -79,6 +80,7 @@ __all__ = [
     "save_compressed",
     "save_plain_model",
     "shared_layers",
+    "fix_assignments",
     "strip",
     "sweep",
 ]

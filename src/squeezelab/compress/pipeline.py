@@ -24,7 +24,7 @@ from .layers import parse_per_layer
 from .pruning import DensitySpec, GranularitySpec, iterative_prune
 from .report import SizeReport
 from .runrecord import claim_run_dir, fingerprint
-from .sharing import quantize
+from .sharing import fix_assignments, quantize
 from .sqz import inspect_compressed, load_compressed, save_compressed
 from .structured import prune_filters
 
@@ -76,6 +76,7 @@ def compress_and_evaluate(
     bits: int | Mapping[str, int] = 5,
     init: str = "optimal",
     centroid_update: str = "mean",
+    shared_training: str = "centroids",
     keep_filters: float | Mapping[str, float] | None = None,
     data: DatasetSplits | None = None,
     finetune_epochs: int = 0,
@@ -96,7 +97,8 @@ def compress_and_evaluate(
     ``granularity`` prunes single weights (``"weight"``) or whole kernels (``"kernel"``), per layer if a mapping.
     ``keep_filters`` first removes whole filters (:func:`.structured.prune_filters`, then fine-tuning);
     with ``prune_steps`` > 1 pruning is iterative (each step followed by ``finetune_epochs`` of
-    fine-tuning); after weight sharing the centroids are fine-tuned for ``finetune_epochs`` more.
+    fine-tuning); after weight sharing the model is fine-tuned for ``finetune_epochs`` more: its centroids, or
+    with ``shared_training="latent"`` quantization-aware (see :func:`.sharing.quantize`).
     ``stage_epochs`` gives named stages ("filters", "prune1" .. "prune<steps>", "quantized") their own
     number of epochs, for example a long last pruning stage, where most of the accuracy is lost. If
     ``train_config.distill`` > 0, fine-tuning also learns from the dense model's soft targets (a frozen copy
@@ -144,6 +146,8 @@ def compress_and_evaluate(
                 settings["stage_epochs"] = dict(stage_epochs)
             if granularity != "weight":
                 settings["granularity"] = granularity
+            if shared_training != "centroids":
+                settings["shared_training"] = shared_training
             claim_run_dir(runs / SETTINGS_FILE, settings, dist_info.is_main, "a compression")
         results = []
 
@@ -160,8 +164,9 @@ def compress_and_evaluate(
         densities: dict[str, float] = {}
         if density is not None:
             densities = iterative_prune(model, density, prune_steps, lambda _m, step: tune(f"prune{step}"), granularity)
-        codebook_sizes = quantize(model, bits, init, centroid_update)
+        codebook_sizes = quantize(model, bits, init, centroid_update, shared_training)
         tune("quantized")
+        fix_assignments(model, centroid_update)
         if bias_correction:
             correct_biases(model, dense, _training_images(data, bias_correction, config.seed))
         report = _save_on_main(dist_info, model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)

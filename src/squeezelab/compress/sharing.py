@@ -6,6 +6,11 @@ sharing it: by default their mean (``centroid_update="mean"``), so a centroid sh
 weights takes steps the size of one weight's at the same learning rate; ``"sum"`` is Han et al.'s
 update (what the gather's backward gives), whose steps, and a layer's effective learning rate, grow
 with the cluster's size (on CIFAR-10 at lr 0.01 it knocked a SqueezeNet from 87% to 14% train top-1).
+
+Fine-tuning only the centroids keeps every weight in the cluster k-means gave it. With few bits that costs
+accuracy that no centroid move recovers, so ``shared_training="latent"`` fine-tunes quantization-aware instead
+(:class:`LatentWeightSharing`): the dense weights stay trainable and every step uses their nearest centroids;
+:func:`fix_assignments` then turns the result into plain weight sharing for the file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .pruning import bake_module, current_mask
 
 MAX_BITS = 16
 CENTROID_UPDATES = ("sum", "mean")
+SHARED_TRAININGS = ("centroids", "latent")
 
 
 class _ScaledGradient(torch.autograd.Function):
@@ -63,29 +69,73 @@ class WeightSharing(nn.Module):
         return codebook[self.indices].to(weight.dtype) * self.mask
 
 
+class LatentWeightSharing(nn.Module):
+    """Parametrization ``weight = codebook[nearest centroid of the latent weight] * mask`` for quantization-aware
+    fine-tuning: the input (latent, full-precision) weight trains, its gradient is the shared weight's (passed
+    straight through the rounding), and every training forward first moves each centroid to the mean of the
+    latent weights nearest to it (a k-means step), so the codebook follows the weights. In eval mode nothing
+    moves, and :meth:`assign` gives the indices the forward uses.
+    """
+
+    def __init__(self, codebook: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        # sorted, nearest-centroid assignment is a search between midpoints; a k-means step keeps the order
+        self.register_buffer("codebook", torch.sort(codebook.detach().float()).values)
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def assign(self, weight: torch.Tensor) -> torch.Tensor:
+        """Index of each weight's nearest centroid."""
+        midpoints = (self.codebook[1:] + self.codebook[:-1]) / 2
+        return torch.bucketize(weight.detach().float().contiguous(), midpoints)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self._kmeans_step(weight.detach()[self.mask])
+        shared = self.codebook[self.assign(weight)].to(weight.dtype)
+        return (weight + (shared - weight).detach()) * self.mask
+
+    @torch.no_grad()
+    def _kmeans_step(self, kept: torch.Tensor) -> None:
+        labels = self.assign(kept)
+        sums = torch.zeros_like(self.codebook).index_add_(0, labels, kept.float())
+        counts = torch.bincount(labels, minlength=len(self.codebook))
+        self.codebook.copy_(torch.where(counts > 0, sums / counts.clamp(min=1), self.codebook))
+
+
 def parse_bits_spec(text: str) -> int | dict[str, int]:
     """``6`` for every layer or ``conv=8,classifier=5`` by layer name / kind."""
     return parse_per_layer(text, int, "--bits")
 
 
 def weight_sharing(module: nn.Module) -> WeightSharing | None:
+    return _weight_parametrization(module, WeightSharing)
+
+
+def _weight_parametrization(module: nn.Module, kind: type) -> nn.Module | None:
     if parametrize.is_parametrized(module, "weight"):
         for parametrization in module.parametrizations.weight:
-            if isinstance(parametrization, WeightSharing):
+            if isinstance(parametrization, kind):
                 return parametrization
     return None
 
 
-def share_weights(module: nn.Module, bits: int, init: str = "optimal", centroid_update: str = "mean") -> WeightSharing:
-    """Cluster the layer's surviving weights into at most ``2**bits`` shared values (k-means)."""
-    return _share_all([module], [bits], init, centroid_update)[0]
+def share_weights(
+    module: nn.Module, bits: int, init: str = "optimal", centroid_update: str = "mean", shared_training: str = "centroids"
+) -> WeightSharing | LatentWeightSharing:
+    """Cluster the layer's surviving weights into at most ``2**bits`` shared values (k-means); what
+    fine-tuning then trains: see :func:`quantize`."""
+    return _share_all([module], [bits], init, centroid_update, shared_training)[0]
 
 
-def _share_all(modules: list[nn.Module], bits: list[int], init: str, centroid_update: str) -> list[WeightSharing]:
-    return [
-        set_weight_sharing(module, sharing.codebook, sharing.indices, sharing.mask, centroid_update)
-        for module, sharing in zip(modules, planned_sharing(modules, bits, init))
-    ]
+def _share_all(
+    modules: list[nn.Module], bits: list[int], init: str, centroid_update: str, shared_training: str
+) -> list[WeightSharing | LatentWeightSharing]:
+    if shared_training not in SHARED_TRAININGS:
+        raise ValueError(f"shared_training must be one of {', '.join(SHARED_TRAININGS)}, got {shared_training!r}")
+    plans = planned_sharing(modules, bits, init)
+    if shared_training == "latent":
+        return [set_latent_sharing(module, plan.codebook, plan.mask) for module, plan in zip(modules, plans)]
+    return [set_weight_sharing(module, plan.codebook, plan.indices, plan.mask, centroid_update) for module, plan in zip(modules, plans)]
 
 
 def planned_sharing(modules: list[nn.Module], bits: list[int], init: str = "optimal") -> list[WeightSharing]:
@@ -119,17 +169,45 @@ def set_weight_sharing(
     return sharing
 
 
+def set_latent_sharing(module: nn.Module, codebook: torch.Tensor, mask: torch.Tensor) -> LatentWeightSharing:
+    """Replace the layer's parametrizations by quantization-aware weight sharing (:class:`LatentWeightSharing`)
+    starting from ``codebook``; the current (masked) weight becomes the latent weight."""
+    bake_module(module)
+    sharing = LatentWeightSharing(codebook.to(module.weight.device), mask.to(module.weight.device))
+    parametrize.register_parametrization(module, "weight", sharing)
+    return sharing
+
+
+def fix_assignments(model: nn.Module, centroid_update: str = "mean") -> dict[str, WeightSharing]:
+    """End quantization-aware fine-tuning: every :class:`LatentWeightSharing` layer becomes plain
+    :class:`WeightSharing` with its current codebook and nearest-centroid assignment (the weights the model
+    computed with in eval mode, exactly), which is what a ``.sqz`` file stores."""
+    fixed = {}
+    for name, module in prunable_layers(model).items():
+        latent = _weight_parametrization(module, LatentWeightSharing)
+        if latent is not None:
+            indices = latent.assign(module.parametrizations.weight.original) * latent.mask
+            fixed[name] = set_weight_sharing(module, latent.codebook, indices, latent.mask, centroid_update)
+    return fixed
+
+
 def quantize(
-    model: nn.Module, bits: int | Mapping[str, int], init: str = "optimal", centroid_update: str = "mean"
+    model: nn.Module,
+    bits: int | Mapping[str, int],
+    init: str = "optimal",
+    centroid_update: str = "mean",
+    shared_training: str = "centroids",
 ) -> dict[str, int]:
     """Weight-share every layer ``bits`` covers (pruned weights stay zero); returns codebook sizes.
-    ``centroid_update``: see :class:`WeightSharing`.
 
-    All layers are clustered together (see :func:`.kmeans.kmeans_1d_many`), which is faster than one by one.
+    What fine-tuning then trains, ``shared_training``: ``"centroids"`` (Han et al.; the assignment stays
+    fixed, ``centroid_update`` as in :class:`WeightSharing`) or ``"latent"`` (quantization-aware, see
+    :class:`LatentWeightSharing`; call :func:`fix_assignments` afterwards). All layers are clustered
+    together (see :func:`.kmeans.kmeans_1d_many`), which is faster than one by one.
     """
     layers = prunable_layers(model)
     plan = resolve_per_layer(model, bits, "bits")
-    shared = _share_all([layers[name] for name in plan], list(plan.values()), init, centroid_update)
+    shared = _share_all([layers[name] for name in plan], list(plan.values()), init, centroid_update, shared_training)
     return {name: len(sharing.codebook) for name, sharing in zip(plan, shared)}
 
 
