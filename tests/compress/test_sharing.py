@@ -41,9 +41,11 @@ def test_centroid_gradient_is_the_sum_or_mean_over_its_cluster(update):
     torch.testing.assert_close(sharing.codebook.grad, expected)
 
 
-def test_unknown_centroid_update():
-    with pytest.raises(ValueError, match="centroid_update must be one of sum, mean, got 'median'"):
-        share_weights(torch.nn.Conv2d(4, 6, 3), 2, centroid_update="median")
+@pytest.mark.parametrize("option, value, choices", [("centroid_update", "median", "sum, mean"),
+                                                     ("shared_training", "all", "centroids, latent")])  # fmt: skip
+def test_unknown_option_names_the_choices(option, value, choices):
+    with pytest.raises(ValueError, match=f"{option} must be one of {choices}, got '{value}'"):
+        share_weights(torch.nn.Conv2d(4, 6, 3), 2, **{option: value})
 
 
 def test_fine_tuning_moves_centroids_not_assignments(digits, tiny_config, trained_state):
@@ -104,11 +106,6 @@ def test_training_forward_moves_centroids_to_their_cluster_means_eval_forward_do
     # a centroid left without weights stays where it was
     means = torch.stack([kept[labels == k].mean() if (labels == k).any() else before[k] for k in range(len(before))])
     torch.testing.assert_close(sharing.codebook, means)
-
-
-def test_unknown_shared_training():
-    with pytest.raises(ValueError, match="shared_training must be one of centroids, latent, got 'all'"):
-        share_weights(torch.nn.Conv2d(4, 6, 3), 2, shared_training="all")
 
 
 def test_latent_fine_tuning_reassigns_weights_and_fixing_keeps_the_outputs(digits, tiny_config, trained_state):
