@@ -45,7 +45,7 @@ from squeezelab.compress import (
 )
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
-from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs
+from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs, parse_stage_lr
 from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_datasets
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--stage-epochs", help="epochs of named stages instead, e.g. prune5=16,quantized=6")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--stage-lr", help="learning rates of named stages instead, e.g. quantized=0.005")
     parser.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float16", help="biases, batch norm")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
     parser.add_argument("--fold-bn", action="store_true", help="store batch norms as eval-mode scale and shift")
@@ -140,6 +141,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
         stage_epochs=parse_stage_epochs(args.stage_epochs),
+        stage_lr=parse_stage_lr(args.stage_lr),
         train_config=config,
         run_dir=args.out / "runs",
         tensor_dtype=args.tensor_dtype,
@@ -154,6 +156,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
         + (" with quantization-aware (latent weight) fine-tuning" if args.shared_training == "latent" else "") + f"; {args.prune_steps} prune steps; "
         f"{args.tensor_dtype} other tensors{', batch norms folded' if args.fold_bn else ''}; "
         f"{args.finetune_epochs} fine-tuning epochs per stage{f' ({args.stage_epochs})' if args.stage_epochs else ''} at lr {args.lr}"
+        + (f" ({args.stage_lr})" if args.stage_lr else "")
         + (f", distillation from the dense model at weight {args.distill}" if args.distill else ""),
         "fine-tuning data and loss: " + (inherited_summary(training)
                                          + " (as the dense model was trained)" if training else "defaults (the model records no training config)"),

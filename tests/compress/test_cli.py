@@ -63,6 +63,8 @@ def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
     assert "needs data" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--stage-epochs", "4"]) == 2
     assert "--stage-epochs: expected STAGE=N" in capsys.readouterr().err
+    assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--stage-lr", "0.01"]) == 2
+    assert "--stage-lr: expected STAGE=LR" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bias-correction", "16"]) == 2
     assert "bias correction needs the training images of a data set" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bias-correction", "-3", "--dataset", "digits", "--quiet"]) == 2
@@ -114,11 +116,13 @@ def test_fine_tuning_follows_the_checkpoints_training_run(tmp_path, digits, caps
     code = main([
         "compress", str(checkpoint), "-o", str(tmp_path / "x.sqz"), "--density", "0.5", "--bits", "4", "--dataset", "digits",
         "--limit", "300", "--finetune-epochs", "1", "--batch-size", "32", "--run-dir", str(tmp_path / "runs"), "--lr", "0.01",
+        "--stage-lr", "quantized=0.002",
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and "as in its training run (val_fraction 0.2, seed 3, augment True, cutout 2, label_smoothing 0.1)" in printed
     stage = load_checkpoint(tmp_path / "runs" / "prune1" / "last.pt")["config"]
     assert (stage["val_fraction"], stage["cutout"], stage["label_smoothing"], stage["lr"]) == (0.2, 2, 0.1, 0.01)
+    assert load_checkpoint(tmp_path / "runs" / "quantized" / "last.pt")["config"]["lr"] == 0.002
 
     code = main([
         "sensitivity", str(checkpoint), "--dataset", "digits", "--values", "1,0.5", "--layers", "classifier.1",

@@ -78,23 +78,30 @@ def test_corrupt_settings_record_names_the_file(tmp_path, trained_state, digits,
         _compress(trained_state, digits, tiny_config.updated(epochs=2), tmp_path / "run", tmp_path / "a.sqz")
 
 
-def test_stage_epochs_give_named_stages_their_own_length(tmp_path, trained_state, digits, tiny_config):
+def test_named_stages_get_their_own_length_and_learning_rate(tmp_path, trained_state, digits, tiny_config):
     config = tiny_config.updated(epochs=1)
     outcome = _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", finetune_epochs=1,
-                        stage_epochs={"prune2": 3})  # fmt: skip
-    trained = {stage: len(torch.load(tmp_path / "run" / stage / "last.pt", weights_only=True)["history"])
-               for stage in ("prune1", "prune2", "quantized")}  # fmt: skip
-    assert trained == {"prune1": 1, "prune2": 3, "quantized": 1} and len(outcome.finetune_results) == 3
-    # the override is part of the run's settings: resuming without it is refused
+                        stage_epochs={"prune2": 3}, stage_lr={"quantized": 0.002})  # fmt: skip
+    stages = {stage: torch.load(tmp_path / "run" / stage / "last.pt", weights_only=True) for stage in ("prune1", "prune2", "quantized")}
+    assert {stage: len(record["history"]) for stage, record in stages.items()} == {"prune1": 1, "prune2": 3, "quantized": 1}
+    assert {stage: record["config"]["lr"] for stage, record in stages.items()} == {"prune1": config.lr, "prune2": config.lr, "quantized": 0.002}
+    assert len(outcome.finetune_results) == 3
+    # a started stage keeps its learning rate
+    with pytest.raises(ValueError, match=r"quantized.last\.pt: the run was started with other settings \(lr: 0.002 -> 0.003\)"):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", finetune_epochs=1,
+                  stage_epochs={"prune2": 3}, stage_lr={"quantized": 0.003})  # fmt: skip
+    # the epochs are part of the run's settings: resuming without them is refused
     with pytest.raises(ValueError, match=r"compression\.json.*stage_epochs: \{'prune2': 3\} -> None"):
         _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", finetune_epochs=1)
 
 
-@pytest.mark.parametrize("stage_epochs, message", [({"prune3": 2}, r"no stage named 'prune3'.*prune1, prune2, quantized"),
-                                                   ({"quantized": 0}, r"epochs must be >= 1")])  # fmt: skip
-def test_bad_stage_epochs_name_the_stage(tmp_path, trained_state, digits, tiny_config, stage_epochs, message):
+@pytest.mark.parametrize("overrides, message", [({"stage_epochs": {"prune3": 2}}, r"stage_epochs: no stage named 'prune3'.*prune1, prune2, quantized"),
+                                                ({"stage_epochs": {"quantized": 0}}, r"epochs must be >= 1"),
+                                                ({"stage_lr": {"filters": 0.1}}, r"stage_lr: no stage named 'filters'"),
+                                                ({"stage_lr": {"prune1": 0.0}}, r"learning rates must be > 0, got \{'prune1': 0.0\}")])  # fmt: skip
+def test_bad_stage_settings_name_the_stage(tmp_path, trained_state, digits, tiny_config, overrides, message):
     with pytest.raises(ValueError, match=message):
-        _compress(trained_state, digits, tiny_config, tmp_path / "run", tmp_path / "a.sqz", stage_epochs=stage_epochs)
+        _compress(trained_state, digits, tiny_config, tmp_path / "run", tmp_path / "a.sqz", **overrides)
     assert not (tmp_path / "run").exists()
 
 

@@ -18,7 +18,7 @@ from squeezelab.compress.coding import SYMBOL_ENCODERS
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
 from squeezelab.compress.kmeans import KMEANS_INITS
-from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs
+from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs, parse_stage_lr
 from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
 from squeezelab.compress.positions import POSITION_CODERS
 from squeezelab.compress.pruning import GRANULARITIES, parse_granularity_spec
@@ -90,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="epochs of named stages instead of --finetune-epochs (stages: filters, prune1..pruneN, quantized), e.g. prune5=16",
     )
     compress.add_argument("--lr", type=float, default=0.001, help="fine-tuning learning rate")
+    compress.add_argument(
+        "--stage-lr", metavar="STAGE=LR,...", help="learning rates of named stages instead of --lr, e.g. quantized=0.005"
+    )
     compress.add_argument("--batch-size", type=int, default=128)
     compress.add_argument(
         "--distill", type=float, default=0.0, metavar="WEIGHT",
@@ -215,6 +218,7 @@ def run_compress(args: argparse.Namespace) -> int:
             finetune_epochs=args.finetune_epochs,
             prune_steps=args.prune_steps,
             stage_epochs=parse_stage_epochs(args.stage_epochs),
+            stage_lr=parse_stage_lr(args.stage_lr),
             train_config=config,
             run_dir=args.run_dir,
             index_coder=args.index_coder,

@@ -82,6 +82,7 @@ def compress_and_evaluate(
     finetune_epochs: int = 0,
     prune_steps: int = 1,
     stage_epochs: Mapping[str, int] | None = None,
+    stage_lr: Mapping[str, float] | None = None,
     train_config: TrainConfig | None = None,
     run_dir: str | os.PathLike | None = None,
     index_coder: str = "auto",
@@ -100,7 +101,8 @@ def compress_and_evaluate(
     fine-tuning); after weight sharing the model is fine-tuned for ``finetune_epochs`` more: its centroids, or
     with ``shared_training="latent"`` quantization-aware (see :func:`.sharing.quantize`).
     ``stage_epochs`` gives named stages ("filters", "prune1" .. "prune<steps>", "quantized") their own
-    number of epochs, for example a long last pruning stage, where most of the accuracy is lost. If
+    number of epochs, for example a long last pruning stage, where most of the accuracy is lost, and
+    ``stage_lr`` their own peak learning rate (quantization-aware fine-tuning wants a lower one). If
     ``train_config.distill`` > 0, fine-tuning also learns from the dense model's soft targets (a frozen copy
     taken before any pruning). ``bias_correction`` > 0 ends with :func:`.correct_biases` on that many
     training images of ``data`` (used without their labels), the dense model as reference. With ``data``
@@ -117,7 +119,9 @@ def compress_and_evaluate(
     """
     if finetune_epochs < 0 or prune_steps < 1:
         raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
-    epochs = _epochs_per_stage(finetune_epochs, stage_epochs or {}, prune_steps, keep_filters is not None, density is not None)
+    stages = _stage_names(prune_steps, keep_filters is not None, density is not None)
+    epochs = _epochs_per_stage(finetune_epochs, stage_epochs or {}, stages)
+    stage_lr = _learning_rates_per_stage(stage_lr or {}, stages)
     tuning = any(epochs.values())
     if tuning and data is None:
         raise ValueError("fine-tuning needs data (a dataset name and root)")
@@ -154,7 +158,7 @@ def compress_and_evaluate(
         def tune(stage: str) -> None:
             if epochs[stage]:
                 stage_dir = runs / stage if runs else None
-                stage_config = config.updated(epochs=epochs[stage])
+                stage_config = config.updated(epochs=epochs[stage], lr=stage_lr.get(stage, config.lr))
                 result = finetune(model, data, stage_config, stage_dir, resume=True, progress=progress, log=log, teacher=teacher)
                 results.append(result.test)
 
@@ -192,26 +196,48 @@ def _training_images(data: DatasetSplits, count: int, seed: int) -> torch.Tensor
 
 def parse_stage_epochs(text: str | None) -> dict[str, int]:
     """``prune5=16,quantized=4`` -> ``{"prune5": 16, "quantized": 4}`` (the ``--stage-epochs`` option)."""
+    return _parse_stage_values(text, int, "--stage-epochs", "STAGE=N,... such as prune5=16,quantized=4")
+
+
+def parse_stage_lr(text: str | None) -> dict[str, float]:
+    """``quantized=0.005`` -> ``{"quantized": 0.005}`` (the ``--stage-lr`` option)."""
+    return _parse_stage_values(text, float, "--stage-lr", "STAGE=LR,... such as prune3=0.02,quantized=0.005")
+
+
+def _parse_stage_values(text: str | None, convert: Callable[[str], float], option: str, expected: str) -> dict:
     if not text:
         return {}
-    parsed = parse_per_layer(text, int, "--stage-epochs")
+    parsed = parse_per_layer(text, convert, option)
     if not isinstance(parsed, dict):
-        raise ValueError(f"--stage-epochs: expected STAGE=N,... such as prune5=16,quantized=4, got {text!r}")
+        raise ValueError(f"{option}: expected {expected}, got {text!r}")
     return parsed
 
 
-def _epochs_per_stage(
-    default: int, overrides: Mapping[str, int], prune_steps: int, filters: bool, pruning: bool
-) -> dict[str, int]:
+def _stage_names(prune_steps: int, filters: bool, pruning: bool) -> list[str]:
     stages = (["filters"] if filters else []) + ([f"prune{step}" for step in range(1, prune_steps + 1)] if pruning else [])
-    stages.append("quantized")
-    unknown = sorted(set(overrides) - set(stages))
-    if unknown:
-        raise ValueError(f"stage_epochs: no stage named {', '.join(map(repr, unknown))} in this run; its stages are {', '.join(stages)}")
+    return stages + ["quantized"]
+
+
+def _epochs_per_stage(default: int, overrides: Mapping[str, int], stages: list[str]) -> dict[str, int]:
+    _check_stage_names("stage_epochs", overrides, stages)
     too_few = {stage: n for stage, n in overrides.items() if n < 1}
     if too_few:
         raise ValueError(f"stage_epochs: epochs must be >= 1, got {too_few}")
     return {stage: overrides.get(stage, default) for stage in stages}
+
+
+def _learning_rates_per_stage(overrides: Mapping[str, float], stages: list[str]) -> dict[str, float]:
+    _check_stage_names("stage_lr", overrides, stages)
+    not_positive = {stage: lr for stage, lr in overrides.items() if not lr > 0}
+    if not_positive:
+        raise ValueError(f"stage_lr: learning rates must be > 0, got {not_positive}")
+    return dict(overrides)
+
+
+def _check_stage_names(what: str, overrides: Mapping, stages: list[str]) -> None:
+    unknown = sorted(set(overrides) - set(stages))
+    if unknown:
+        raise ValueError(f"{what}: no stage named {', '.join(map(repr, unknown))} in this run; its stages are {', '.join(stages)}")
 
 
 def _save_on_main(dist_info: DistInfo, model: nn.Module, path, *coding) -> SizeReport:
