@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -37,20 +39,25 @@ def test_interrupted_compression_resumes_to_the_same_file(tmp_path, capsys, trai
         _compress(trained_state, digits, config, tmp_path / "cut", tmp_path / "cut.sqz", log=_StopAfter(3))
     assert f"rerun the same command to resume from the checkpoints in {tmp_path / 'cut'}" in capsys.readouterr().err
     assert not (tmp_path / "cut.sqz").exists() and not (tmp_path / "cut" / "quantized").exists()
+    # the latest stage's checkpoint holds all the earlier stages left: their folders are not needed
+    shutil.rmtree(tmp_path / "cut" / "prune1")
     messages = []
     resumed = _compress(trained_state, digits, config, tmp_path / "cut", tmp_path / "cut.sqz", log=messages.append)
-    # the finished first step is not trained again, the second continues after its saved epoch
-    assert [m for m in messages if m.startswith("resuming")] == [
-        f"resuming {tmp_path / 'cut' / 'prune1'} after epoch 2", f"resuming {tmp_path / 'cut' / 'prune2'} after epoch 1"
-    ]
+    assert [m for m in messages if m.startswith("resuming")] == [f"resuming {tmp_path / 'cut' / 'prune2'} after epoch 1"]
     assert len([m for m in messages if m.startswith("epoch")]) == 3
-    assert len([m for m in messages if m.startswith("training")]) == 2  # none for the finished first step
-    assert len(resumed.finetune_results) == len(whole.finetune_results) == 3
-    for got, expected in zip(resumed.finetune_results + [resumed.compressed_metrics], whole.finetune_results + [whole.compressed_metrics]):
+    assert len([m for m in messages if m.startswith("training")]) == 2  # prune2 goes on, quantized starts
+    assert resumed.finetune_results[0] is None  # the deleted stage's test figures went with its folder
+    for got, expected in zip(resumed.finetune_results[1:] + [resumed.compressed_metrics], whole.finetune_results[1:] + [whole.compressed_metrics]):
         assert (got["top1"], got["loss"], got["confusion"]) == (expected["top1"], expected["loss"], expected["confusion"])
     expected = load_compressed(tmp_path / "whole.sqz").state_dict()
     for key, value in load_compressed(tmp_path / "cut.sqz").state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+    # run again, finished: only the last stage reloads; the stages it supersedes report their recorded figures
+    messages.clear()
+    again = _compress(trained_state, digits, config, tmp_path / "cut", tmp_path / "cut.sqz", log=messages.append)
+    assert [m for m in messages if m.startswith("resuming")] == [f"resuming {tmp_path / 'cut' / 'quantized'} after epoch 2"]
+    assert again.finetune_results[1] == {key: resumed.finetune_results[1][key] for key in again.finetune_results[1]}
+    assert set(again.finetune_results[1]) >= {"top1", "top5", "loss", "images"}
 
 
 def test_resuming_with_other_settings_names_the_run_directory(tmp_path, trained_state, digits, tiny_config):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from squeezelab.compress import LatentWeightSharing, WeightSharing, fix_assignments, prunable_layers, prune, quantize, shared_layers
 from squeezelab.compress.pruning import magnitude_mask, set_mask
@@ -129,3 +130,12 @@ def test_latent_fine_tuning_reassigns_weights_and_fixing_keeps_the_outputs(digit
         kmeans_labels = torch.unique(initial[name][mask], return_inverse=True)[1]
         reassigned += int(not torch.equal(fixed[name].indices[mask], kmeans_labels))
     assert reassigned >= 0.9 * len(masks)
+
+
+def test_loaded_assignment_brings_its_cluster_sizes():
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    sharing = WeightSharing(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([[0, 0, 1, 2]]), mask)
+    other = WeightSharing(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([[2, 2, 2, 1]]), mask)
+    nn.Sequential(sharing).load_state_dict({f"0.{key}": value for key, value in other.state_dict().items()})
+    # the mean update divides each centroid's summed gradient by the size of its cluster in the loaded assignment
+    assert torch.equal(sharing.gradient_scale, torch.tensor([1.0, 1.0, 1 / 3]))

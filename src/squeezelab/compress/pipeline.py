@@ -4,6 +4,7 @@ entropy-code to a ``.sqz`` file -> evaluate the model decoded from that file."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import torch.nn as nn
 from squeezelab.data import BatchCollate, DatasetSplits, build_loaders
 from squeezelab.models.profile import MB
 from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run_data, distributed_session, evaluate
+from squeezelab.train.checkpoint import LAST
+from squeezelab.train.rundir import RESULTS
 
 from .biascorrection import correct_biases
 from .finetune import finetune, finetune_config
@@ -111,11 +114,12 @@ def compress_and_evaluate(
     every fine-tuning stage is data-parallel (a DDP :func:`~squeezelab.train.fit`), every process returns
     the same outcome and only rank 0 writes files.
 
-    With ``run_dir``, calling again with the same model and settings resumes an interrupted run: each
-    fine-tuning stage continues from its own ``last.pt`` (a finished stage just reloads its best weights), and
-    since pruning and k-means are deterministic functions of those weights, every later stage starts where
-    the first attempt would have. Another model or other compression settings in the same ``run_dir`` are
-    an error.
+    With ``run_dir``, calling again with the same model and settings resumes an interrupted run at the latest
+    stage that has a checkpoint (``last.pt``): it holds everything the stages before it produced, so those are
+    skipped (their test figures come from their ``results.json``; only the latest stage's folder is needed),
+    and that stage continues from its checkpoint (a finished one just reloads its best weights). Since pruning
+    and k-means are deterministic functions of the weights, every later stage starts where the first attempt
+    would have. Another model or other compression settings in the same ``run_dir`` are an error.
     """
     if finetune_epochs < 0 or prune_steps < 1:
         raise ValueError(f"need finetune_epochs >= 0 and prune_steps >= 1, got {finetune_epochs}, {prune_steps}")
@@ -154,9 +158,12 @@ def compress_and_evaluate(
                 settings["shared_training"] = shared_training
             claim_run_dir(runs / SETTINGS_FILE, settings, dist_info.is_main, "a compression")
         results = []
+        superseded = _superseded_stages(runs, [stage for stage in stages if epochs[stage]]) if runs is not None else set()
 
         def tune(stage: str) -> None:
-            if epochs[stage]:
+            if stage in superseded:
+                results.append(_recorded_test(runs / stage))
+            elif epochs[stage]:
                 stage_dir = runs / stage if runs else None
                 stage_config = config.updated(epochs=epochs[stage], lr=stage_lr.get(stage, config.lr))
                 result = finetune(model, data, stage_config, stage_dir, resume=True, progress=progress, log=log, teacher=teacher)
@@ -238,6 +245,23 @@ def _check_stage_names(what: str, overrides: Mapping, stages: list[str]) -> None
     unknown = sorted(set(overrides) - set(stages))
     if unknown:
         raise ValueError(f"{what}: no stage named {', '.join(map(repr, unknown))} in this run; its stages are {', '.join(stages)}")
+
+
+def _superseded_stages(runs: Path, stages: list[str]) -> set[str]:
+    """The stages before the latest one that has a checkpoint in ``runs``: that checkpoint holds all they left
+    (weights, masks, shared values), so a resumed run skips them and their folders may be deleted."""
+    started = [index for index, stage in enumerate(stages) if (runs / stage / LAST).is_file()]
+    return set(stages[: started[-1]]) if started else set()
+
+
+def _recorded_test(stage_dir: Path) -> dict | None:
+    """The test metrics a skipped stage recorded in its results.json (None if its folder is gone)."""
+    try:
+        return json.loads((stage_dir / RESULTS).read_text()).get("test") or None
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{stage_dir / RESULTS}: unreadable stage results ({exc})") from None
 
 
 def _save_on_main(dist_info: DistInfo, model: nn.Module, path, *coding) -> SizeReport:

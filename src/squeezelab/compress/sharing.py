@@ -59,8 +59,16 @@ class WeightSharing(nn.Module):
         self.register_buffer("indices", indices.to(torch.long))
         self.register_buffer("mask", mask.to(torch.bool))
         self.centroid_update = centroid_update
+        self.register_buffer("gradient_scale", self._inverse_cluster_sizes(), persistent=False)
+        # a checkpoint brings its own assignment (a resumed compression run): the cluster sizes follow it
+        self.register_load_state_dict_post_hook(WeightSharing._recount_clusters)
+
+    def _recount_clusters(self, _incompatible_keys) -> None:
+        self.gradient_scale.copy_(self._inverse_cluster_sizes())
+
+    def _inverse_cluster_sizes(self) -> torch.Tensor:
         counts = torch.bincount(self.indices[self.mask], minlength=len(self.codebook)).clamp(min=1)
-        self.register_buffer("gradient_scale", 1.0 / counts.to(self.codebook.dtype), persistent=False)
+        return 1.0 / counts.to(self.codebook.dtype)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         codebook = self.codebook
@@ -92,7 +100,9 @@ class LatentWeightSharing(nn.Module):
         if self.training:
             self._kmeans_step(weight.detach()[self.mask])
         shared = self.codebook[self.assign(weight)].to(weight.dtype)
-        return (weight + (shared - weight).detach()) * self.mask
+        # straight-through: the value is exactly the shared one (w + (s - w) can round away from s), the
+        # gradient goes to the latent weight
+        return (shared + (weight - weight.detach())) * self.mask
 
     @torch.no_grad()
     def _kmeans_step(self, kept: torch.Tensor) -> None:
