@@ -186,3 +186,12 @@ def test_latent_fine_tuning_resumes_and_writes_the_model_it_evaluated(tmp_path, 
     decoded = load_compressed(tmp_path / "a.sqz")
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(decoded.eval()(x), outcome.model.eval()(x), rtol=0, atol=0)
+
+
+def test_unreadable_stage_results_name_the_file(tmp_path):
+    from squeezelab.compress.pipeline import _recorded_test
+
+    assert _recorded_test(tmp_path / "gone") is None
+    (tmp_path / "results.json").write_text("{cut")
+    with pytest.raises(ValueError, match=r"results\.json: unreadable stage results"):
+        _recorded_test(tmp_path)
