@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--stage-epochs", help="epochs of named stages instead, e.g. prune5=16,quantized=6")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--stage-lr", help="learning rates of named stages instead, e.g. quantized=0.005")
-    parser.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float16", help="biases, batch norm")
+    parser.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float16", help="biases, batch norm (see squeezelab compress --help)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar_compress")
     parser.add_argument("--fold-bn", action="store_true", help="store batch norms as eval-mode scale and shift")
     parser.add_argument("--amp", default="auto", help="fine-tuning autocast: auto, off, bf16 (as squeezelab train)")

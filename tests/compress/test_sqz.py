@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -67,25 +69,49 @@ def test_float16_tensors_and_coder_choices(tmp_path):
         assert torch.equal(decoded[key], expected), key
 
 
-def test_uint8_tensors_are_within_half_a_step_in_a_quarter_of_the_bytes(tmp_path):
+@pytest.mark.parametrize("tensor_dtype, linear_bits, max_ratio", [("uint8", 8, 0.45), ("compact", 10, 0.52)])
+def test_coded_tensors_are_within_half_a_step_in_a_third_of_the_bytes(tmp_path, tensor_dtype, linear_bits, max_ratio):
+    """Linear codes (absolute half-step error) for shifts and means, logarithmic ones (relative) for scales."""
     model = _compressed(batch_norm="all")
     torch.manual_seed(2)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_var.uniform_(0.5, 3.0)
+            module.running_var[0] = 1e-4  # a channel whose inputs were all pruned
             module.bias.data.normal_()
     full = save_compressed(model, tmp_path / "full.sqz")
-    codes = save_compressed(model, tmp_path / "uint8.sqz", tensor_dtype="uint8")
-    assert codes.other_tensor_bytes < 0.4 * full.other_tensor_bytes
-    decoded = load_compressed(tmp_path / "uint8.sqz").state_dict()
+    codes = save_compressed(model, tmp_path / "coded.sqz", tensor_dtype=tensor_dtype)
     coded_weights = {f"{name}.weight" for name in shared_layers(model)}
+    state = {key: value for key, value in plain_state_dict(model).items() if key not in coded_weights}
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    scales = {f"{name}.{kind}" for name in norms for kind in ("weight", "running_var")}
+    assert scales <= state.keys()
+    assert codes.other_tensor_bytes < max_ratio * full.other_tensor_bytes  # 8-10 bits per value, 8-9 bytes per tensor
+    decoded = load_compressed(tmp_path / "coded.sqz").state_dict()
     for key, value in plain_state_dict(model).items():
         if key in coded_weights or not value.is_floating_point():
             assert torch.equal(decoded[key], value), key
+        elif key in scales:
+            half_step = math.log(value.max() / value.min()) / 254 / 2
+            assert torch.all((decoded[key] / value).log().abs() <= half_step + 1e-6), key
         else:
-            half_step = (value.max() - value.min()) / 255 / 2
+            half_step = (value.max() - value.min()) / ((1 << linear_bits) - 1) / 2
             assert torch.all((decoded[key] - value).abs() <= half_step + 1e-6), key
             assert decoded[key].min() == pytest.approx(float(value.min()), abs=1e-6)
+
+
+@pytest.mark.parametrize("values", [[-2.0, 0.0, 1e-3, 3.0, -0.5], [-4.0, -1e-2, 0.0], [5.0, 5.0]])
+def test_log_codes_keep_signs_zeros_and_relative_precision(values):
+    from squeezelab.compress.sqz import _from_log_codes, _log_codes
+
+    tensor = torch.tensor(values, dtype=torch.float64)
+    decoded = _from_log_codes(_log_codes(tensor), [len(values)]).double()
+    assert torch.equal(decoded.sign(), tensor.sign())
+    nonzero = tensor != 0
+    levels = 126 if (tensor < 0).any() and (tensor > 0).any() else 254
+    magnitudes = tensor[nonzero].abs()
+    half_step = math.log(magnitudes.max() / magnitudes.min()) / levels / 2
+    assert torch.all((decoded[nonzero] / tensor[nonzero]).log().abs() <= half_step + 1e-6)
 
 
 def test_folded_batch_norm_keeps_eval_outputs_in_fewer_bytes(tmp_path):

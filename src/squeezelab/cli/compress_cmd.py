@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
-    compress.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float32", help="biases, BN (uint8: linear 8-bit codes per tensor; check the accuracy)")
+    compress.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float32", help="biases, BN: float32, float16, uint8 (8-bit log codes for BN scales, 8-bit linear for the rest) or compact (10-bit linear for the rest)")
     compress.add_argument(
         "--fold-bn", action="store_true", help="store each batch norm as its eval-mode scale and shift (half the bytes)"
     )

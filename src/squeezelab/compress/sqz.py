@@ -11,8 +11,9 @@ Layout (little-endian)::
 
 Weight-shared layers store only their kept weights: the cluster index of each (entropy-coded) and the
 sparsity pattern (entropy-coded, see :mod:`.positions`). Biases, batch-norm parameters and any layer
-without weight sharing are stored raw as float32 or, if asked, float16 or 8-bit linear codes (per
-tensor: float32 minimum and step, then one uint8 per value). Decoding rebuilds the model
+without weight sharing are stored raw as float32 or, if asked, float16 or as codes after a small per-tensor
+header: 8-bit logarithmic ones for batch-norm scales and variances, 8- or 10-bit linear ones for the rest
+(see :func:`save_compressed`). Decoding rebuilds the model
 from its registered name and arguments; it never executes code from the file.
 """
 
@@ -44,15 +45,19 @@ from .sharing import WeightSharing, planned_sharing, set_weight_sharing, shared_
 MAGIC = b"SQZL"
 # version 2: "zeros" tensors (folded batch norms absorb the bias of the convolution before them)
 # version 3: "kernel-mask" positions (kernels kept, then taps kept in them)
-FORMAT_VERSION = 3
+# version 4: "log8" tensors (8-bit logarithmic codes), "linear10" tensors (10-bit linear codes)
+FORMAT_VERSION = 4
 HEADER = struct.Struct("<4sHHI")
 CHECKSUM = struct.Struct("<I")
 TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 ZEROS = "zeros"  # storage of an all-zero floating-point tensor: no bytes
 # How floating-point tensors other than the coded weights may be stored (``uint8``: linear 8-bit codes).
-FLOAT_STORAGE = ("float32", "float16", "uint8")
-LINEAR_RANGE = struct.Struct("<ff")  # minimum, step of a uint8-coded tensor
-UINT8_LEVELS = 255
+FLOAT_STORAGE = ("float32", "float16", "uint8", "compact")
+LINEAR_RANGE = struct.Struct("<ff")  # minimum, step of a tensor of linear codes
+LINEAR_BITS = {"uint8": 8, "linear10": 10}  # per-tensor storages of linear codes, bit-packed
+LOG8 = "log8"
+LOG_RANGE = struct.Struct("<ffB")  # natural log of the smallest magnitude, log step, sign mode
+LOG_SIGN_MODES = ("positive", "negative", "mixed")  # mixed: the top bit of each code is the sign
 
 
 class CompressedFileError(ValueError):
@@ -82,9 +87,13 @@ def save_compressed(
 
     ``index_coder`` is ``"huffman"``, ``"ans"`` or ``"auto"`` (smaller per layer); ``position_coder``
     see :data:`.positions.POSITION_CODERS`. ``tensor_dtype`` (``"float32"``, ``"float16"`` or ``"uint8"``)
-    is how biases and other small tensors are stored; float16 rounds them, uint8 maps each tensor linearly
-    onto 256 levels between its minimum and maximum (error at most half a step; the decoded model then
-    differs from ``model`` by that rounding only). ``fold_batch_norm`` stores each batch norm as the per-channel scale
+    is how biases and other small tensors are stored; float16 rounds them; uint8 and compact code batch-norm
+    scales and variances in one byte each, logarithmically (sign, then 255 or 127 levels of log-magnitude
+    between the tensor's smallest and largest: error at most half a step, relative), and every other tensor
+    linearly between its minimum and maximum (error at most half a step): on 8 bits (uint8) or on 10
+    (compact). Scales multiply, so their error should be relative: after pruning they span orders of
+    magnitude (a channel whose inputs are gone has a variance near zero), and linear codes wipe out the
+    small ones. The decoded model differs from ``model`` by that rounding only. ``fold_batch_norm`` stores each batch norm as the per-channel scale
     and shift it applies in eval mode (half its four tensors), with the bias of a convolution that feeds
     only that batch norm added into the shift (the bias is then stored as zeros, in no bytes); the decoded
     layer gets running mean 0 and variance ``1 - eps``, so its outputs in eval mode are unchanged
@@ -108,11 +117,12 @@ def save_compressed(
     folded = batch_norms(model) if fold_batch_norm else {}
     state = _folded_state(state, folded, sole_convolution_inputs(model, folded) if folded else {})
     coded_keys = {f"{name}.weight" for name in shared}
+    scales = {f"{name}.{kind}" for name in batch_norms(model) for kind in ("weight", "running_var")}
     tensor_entries = []
     for key, tensor in state.items():
         if key in coded_keys:
             continue
-        dtype = "int64" if not tensor.is_floating_point() else tensor_dtype if tensor.any() else ZEROS
+        dtype = _storage(tensor, tensor_dtype, is_scale=key in scales)
         tensor_entries.append([key, dtype, list(tensor.shape)])
         sections.append(_tensor_bytes(tensor, dtype))
     cfg = getattr(model, "default_cfg", None)
@@ -170,26 +180,77 @@ def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: st
     return 4 * int(mask.sum()) + positions
 
 
+def _storage(tensor: torch.Tensor, tensor_dtype: str, is_scale: bool) -> str:
+    """How one tensor is stored under the ``tensor_dtype`` policy of :func:`save_compressed`."""
+    if not tensor.is_floating_point():
+        return "int64"
+    if not tensor.any():
+        return ZEROS
+    if tensor_dtype in ("uint8", "compact"):
+        return LOG8 if is_scale else "linear10" if tensor_dtype == "compact" else "uint8"
+    return tensor_dtype
+
+
 def _tensor_bytes(tensor: torch.Tensor, dtype: str) -> bytes:
     if dtype == ZEROS:
         return b""
-    if dtype == "uint8":
-        return _linear_codes(tensor.detach().cpu().double().flatten())
+    if dtype in LINEAR_BITS:
+        return _linear_codes(tensor.detach().cpu().double().flatten(), LINEAR_BITS[dtype])
+    if dtype == LOG8:
+        return _log_codes(tensor.detach().cpu().double().flatten())
     array = tensor.detach().cpu().to(TENSOR_DTYPES[dtype]).contiguous().numpy()
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
-def _linear_codes(values: torch.Tensor) -> bytes:
+def _linear_codes(values: torch.Tensor, bits: int) -> bytes:
     low = float(values.min()) if values.numel() else 0.0
-    step = (float(values.max()) - low) / UINT8_LEVELS if values.numel() else 0.0
+    step = (float(values.max()) - low) / ((1 << bits) - 1) if values.numel() else 0.0
     codes = torch.zeros_like(values) if step == 0 else torch.round((values - low) / step)
-    return LINEAR_RANGE.pack(low, step) + codes.to(torch.uint8).numpy().tobytes()
+    return LINEAR_RANGE.pack(low, step) + _packed(codes.to(torch.int64).numpy(), bits)
 
 
-def _from_linear_codes(raw: bytes, shape: list[int]) -> torch.Tensor:
+def _from_linear_codes(raw: bytes, shape: list[int], bits: int) -> torch.Tensor:
     low, step = LINEAR_RANGE.unpack(raw[: LINEAR_RANGE.size])
-    codes = np.frombuffer(raw[LINEAR_RANGE.size :], dtype=np.uint8).astype(np.float64)
-    return torch.from_numpy((low + step * codes).astype(np.float32).reshape(shape))
+    codes = _unpacked(raw[LINEAR_RANGE.size :], int(np.prod(shape, dtype=np.int64)), bits)
+    return torch.from_numpy((low + step * codes.astype(np.float64)).astype(np.float32).reshape(shape))
+
+
+def _packed(codes: np.ndarray, bits: int) -> bytes:
+    """``bits`` bits per code, most significant first (8-bit codes are one byte each)."""
+    shifts = np.arange(bits - 1, -1, -1)
+    return np.packbits(((codes[:, None] >> shifts) & 1).astype(np.uint8)).tobytes()
+
+
+def _unpacked(raw: bytes, count: int, bits: int) -> np.ndarray:
+    flat = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: count * bits].astype(np.int64)
+    return flat.reshape(count, bits) @ (1 << np.arange(bits - 1, -1, -1))
+
+
+def _log_codes(values: torch.Tensor) -> bytes:
+    """Code 0 is an exact zero; codes 1.. step evenly through log |value| from the smallest magnitude to the
+    largest. With both signs present the top bit is the sign and 7 bits are left for the magnitude."""
+    negative, nonzero = values < 0, values != 0
+    mode = 2 if negative.any() and (values > 0).any() else int(bool(negative.any()))
+    levels = 127 if mode == 2 else 255
+    logs = values[nonzero].abs().log()
+    low = float(logs.min())
+    step = (float(logs.max()) - low) / (levels - 1)
+    codes = torch.zeros_like(values)
+    codes[nonzero] = 1 + (torch.round((logs - low) / step) if step > 0 else torch.zeros_like(logs))
+    if mode == 2:
+        codes += 128 * negative
+    return LOG_RANGE.pack(low, step, mode) + codes.to(torch.uint8).numpy().tobytes()
+
+
+def _from_log_codes(raw: bytes, shape: list[int]) -> torch.Tensor:
+    low, step, mode = LOG_RANGE.unpack(raw[: LOG_RANGE.size])
+    if mode >= len(LOG_SIGN_MODES):
+        raise CompressedFileError(f"unknown sign mode {mode} of a log8 tensor")
+    codes = np.frombuffer(raw[LOG_RANGE.size :], dtype=np.uint8).astype(np.int64)
+    magnitudes = codes & 0x7F if mode == 2 else codes
+    values = np.where(magnitudes > 0, np.exp(low + step * (magnitudes - 1)), 0.0)
+    signs = np.where(codes >= 128, -1.0, 1.0) if mode == 2 else -1.0 if mode == 1 else 1.0
+    return torch.from_numpy((signs * values).astype(np.float32).reshape(shape))
 
 
 def _assemble(metadata: dict[str, Any], sections: list[bytes]) -> bytes:
@@ -289,8 +350,10 @@ def _tensor_nbytes(dtype: str, shape: list[int]) -> int:
     if dtype == ZEROS:
         return 0
     count = int(np.prod(shape, dtype=np.int64))
-    if dtype == "uint8":
-        return LINEAR_RANGE.size + count
+    if dtype in LINEAR_BITS:
+        return LINEAR_RANGE.size + (count * LINEAR_BITS[dtype] + 7) // 8
+    if dtype == LOG8:
+        return LOG_RANGE.size + count
     if dtype not in TENSOR_DTYPES:
         raise CompressedFileError(f"unknown tensor storage {dtype!r}")
     return count * torch.empty(0, dtype=TENSOR_DTYPES[dtype]).element_size()
@@ -422,8 +485,10 @@ def _decode_body(
 def _decode_tensor(raw: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
     if dtype == ZEROS:
         return torch.zeros(shape)
-    if dtype == "uint8":
-        return _from_linear_codes(raw, shape)
+    if dtype in LINEAR_BITS:
+        return _from_linear_codes(raw, shape, LINEAR_BITS[dtype])
+    if dtype == LOG8:
+        return _from_log_codes(raw, shape)
     array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
     tensor = torch.from_numpy(array.reshape(shape))
     return tensor.float() if dtype == "float16" else tensor
