@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 import torch
 
-from squeezelab.compress import load_compressed, save_compressed
+from squeezelab.compress import CompressedFileError, load_compressed, save_compressed
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.train.recipes import evaluate_checkpoint
 from squeezelab.utils.files import atomic_write_text
@@ -32,7 +32,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="evaluate on at most N test images")
     parser.add_argument("--out", type=Path, help="also write results.md here")
     args = parser.parse_args()
-    model = load_compressed(args.file, parametrized=True)
+    try:
+        model = load_compressed(args.file, parametrized=True)
+    except (FileNotFoundError, CompressedFileError) as exc:
+        parser.error(str(exc))
     rows, workdir = [], Path(tempfile.mkdtemp())
     for storage in FLOAT_STORAGE:
         path = workdir / f"{storage}.sqz"
