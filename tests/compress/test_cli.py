@@ -51,6 +51,27 @@ def test_compress_decompress_sensitivity(tmp_path, model_file, capsys, monkeypat
     assert "features.0=0.2,classifier.1=0.2" in capsys.readouterr().out
 
 
+def test_file_budget_allocation_gives_a_file_within_it(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.setenv("SQUEEZELAB_CACHE", str(tmp_path / "cache"))
+    budget, storage = 8500, ["--bits", "4", "--tensor-dtype", "compact", "--fold-bn"]
+    code = main([
+        "sensitivity", str(model_file), "--dataset", "digits", "--limit", "300", "--values", "1,0.6,0.3",
+        "--file-bytes", str(budget), "--out", str(tmp_path / "sens"), "--quiet", *storage,
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "= file " in printed
+    densities = printed.split("allocated density per layer: ")[1].split()[0]
+    assert len(set(densities.split(","))) > 1  # the budget forces a mix of densities
+    out = tmp_path / "budget.sqz"
+    assert main(["compress", str(model_file), "-o", str(out), "--density", densities, "--quiet", *storage]) == 0
+    # the sweep measured each layer's coded bytes exactly; only the metadata's stream lengths were estimated
+    predicted = int(printed.split("= file ")[1].split()[0].replace(",", ""))
+    assert budget * 0.9 < predicted <= budget and abs(out.stat().st_size - predicted) <= 2 * 26
+    capsys.readouterr()
+    assert main(["sensitivity", "--from-csv", str(tmp_path / "sens.csv"), "--file-bytes", str(budget)]) == 2
+    assert "--file-bytes needs the model file" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
     broken = tmp_path / "broken.sqz"
     broken.write_bytes(b"SQZL" + bytes(40))

@@ -12,13 +12,14 @@ from squeezelab.compress.sensitivity import (
     accuracy_scorer,
     allocate,
     distillation_scorer,
+    file_fixed_bytes,
     summed_degradation,
     sweep,
 )
 from squeezelab.compress.sqz import layer_bytes
 from squeezelab.data import build_loaders
 
-from .conftest import trained_tiny
+from .conftest import tiny_model, trained_tiny
 
 
 def test_density_sweep_writes_csv_and_png(tmp_path, digits, trained_state):
@@ -152,3 +153,13 @@ def test_divergence_plot_starts_at_zero(tmp_path, monkeypatch):
     _synthetic_sensitivity(seed=0).plot(tmp_path / "sens.png", "kl")
     assert saved[0].axes[0].get_yscale() == "symlog"
     assert saved[0].axes[0].get_ylim()[0] == 0  # no empty negative decades for a divergence
+
+
+def test_file_budget_needs_curves_of_every_layer():
+    model = tiny_model(batch_norm="all")
+    points = [SensitivityPoint(name, 1.0, {"kl": 0.0}, 100) for name in prunable_layers(model)]
+    whole = Sensitivity("density", {"kl": 0.0}, points)
+    assert file_fixed_bytes(whole, model, "compact", True) < file_fixed_bytes(whole, model)  # folded, coded tensors
+    partial = Sensitivity("density", {"kl": 0.0}, points[1:-1])
+    with pytest.raises(ValueError, match="the sweep lacks features.0, classifier.1"):
+        file_fixed_bytes(partial, model)

@@ -8,12 +8,15 @@ from squeezelab.compress import (
     CompressedFileError,
     inspect_compressed,
     load_compressed,
+    non_weight_bytes,
+    prunable_layers,
     prune,
     quantize,
     save_compressed,
     shared_layers,
 )
 from squeezelab.compress.pruning import plain_state_dict
+from squeezelab.compress.sqz import layer_bytes
 from squeezelab.compress.positions import POSITION_CODERS, decode_positions, encode_positions
 from squeezelab.models.profile import fp32_size_bytes
 
@@ -135,6 +138,19 @@ def test_folded_batch_norm_keeps_eval_outputs_in_fewer_bytes(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load_compressed(tmp_path / "folded.sqz")(images), model(images), rtol=1e-5, atol=1e-5)
     assert inspect_compressed(tmp_path / "folded.sqz") == folded
+
+
+@pytest.mark.parametrize("tensor_dtype", ["float32", "compact"])
+@pytest.mark.parametrize("fold", [False, True])
+def test_non_weight_bytes_and_layer_bytes_add_up_to_the_file(tmp_path, tensor_dtype, fold):
+    model = _compressed(batch_norm="all", bypass="simple").eval()
+    report = save_compressed(model, tmp_path / "m.sqz", tensor_dtype=tensor_dtype, fold_batch_norm=fold)
+    layers = prunable_layers(model)
+    predicted = non_weight_bytes(model, tensor_dtype, fold) + sum(layer_bytes(m) for m in layers.values())
+    # only the metadata's record of each layer's stream lengths is estimated
+    assert abs(predicted - report.file_bytes) <= 2 * len(layers)
+    with pytest.raises(ValueError, match="tensor_dtype"):
+        non_weight_bytes(model, "int4")
 
 
 def test_parametrized_load_fine_tunes_further(tmp_path):

@@ -29,6 +29,7 @@ from squeezelab.compress.sensitivity import (
     accuracy_scorer,
     allocate,
     distillation_scorer,
+    file_fixed_bytes,
     summed_bytes,
     summed_degradation,
     sweep,
@@ -78,10 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
     compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
-    compress.add_argument("--tensor-dtype", choices=FLOAT_STORAGE, default="float32", help="biases, BN: float32, float16, uint8 (8-bit log codes for BN scales, 8-bit linear for the rest) or compact (10-bit linear for the rest)")
-    compress.add_argument(
-        "--fold-bn", action="store_true", help="store each batch norm as its eval-mode scale and shift (half the bytes)"
-    )
+    _add_storage_arguments(compress)
     _add_data_arguments(compress, required=False)
     compress.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after each stage")
     compress.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps (each fine-tuned)")
@@ -136,8 +134,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sensitivity.add_argument("--from-csv", type=Path, help="skip the sweep: read curves from a sensitivity CSV")
     sensitivity.add_argument("--metric", help="metric for the plot and budgets (default top1, or kl)")
     budget = sensitivity.add_mutually_exclusive_group()
-    budget.add_argument("--max-bytes", type=int, help="allocate per-layer settings for this weight size budget")
+    budget.add_argument("--max-bytes", type=int, help="allocate per-layer settings for this budget of layer-weight bytes")
+    budget.add_argument(
+        "--file-bytes", type=int,
+        help="allocate per-layer settings for this .sqz file size: the model's biases, batch norms (stored as "
+        "--tensor-dtype and --fold-bn say) and metadata are measured, the rest goes to weights; needs the model",
+    )  # fmt: skip
     budget.add_argument("--max-drop", type=float, help="allocate per-layer settings within this summed metric drop")
+    _add_storage_arguments(sensitivity)
     sensitivity.add_argument("--quiet", action="store_true")
     sensitivity.set_defaults(func=run_sensitivity)
 
@@ -159,6 +163,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_model_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("model", type=Path, nargs=None if required else "?", help="model file, checkpoint, .sqz or .net")
     parser.add_argument("--arch", help="registered model name, for files holding a bare state_dict")
+
+
+def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensor-dtype", choices=FLOAT_STORAGE, default="float32",
+        help="biases, BN: float32, float16, uint8 (8-bit log codes for BN scales, 8-bit linear for the rest) "
+        "or compact (10-bit linear for the rest)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fold-bn", action="store_true", help="store each batch norm as its eval-mode scale and shift (half the bytes)"
+    )
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -265,12 +280,26 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print(f"{layer:<28} " + "  ".join(f"{x:g}:{y:.4g}" for x, y in zip(xs, ys)))
     if args.out is not None:
         print("written: " + ", ".join(str(p) for p in result.write(args.out, metric)))
-    if args.max_bytes is not None or args.max_drop is not None:
-        settings = allocate(result, metric, max_bytes=args.max_bytes, max_degradation=args.max_drop)
-        print(f"allocated {result.kind} per layer: " + ",".join(f"{name}={value:g}" for name, value in settings.items()))
-        print(f"predicted: layer weights {summed_bytes(result, settings):,} bytes (biases, batch norms and metadata "
-              f"come on top), summed {metric} degradation {summed_degradation(result, settings, metric):.4g}")
+    if args.max_bytes is None and args.max_drop is None and args.file_bytes is None:
+        return 0
+    fixed = _file_fixed_bytes(args, result) if args.file_bytes is not None else 0
+    budget = args.file_bytes if args.file_bytes is not None else args.max_bytes
+    settings = allocate(result, metric, max_bytes=budget, max_degradation=args.max_drop, fixed_bytes=fixed)
+    print(f"allocated {result.kind} per layer: " + ",".join(f"{name}={value:g}" for name, value in settings.items()))
+    weights = summed_bytes(result, settings)
+    if fixed:
+        rest = f"+ {fixed:,} bytes of biases, batch norms and metadata = file {weights + fixed:,} bytes"
+    else:
+        rest = "(biases, batch norms and metadata come on top)"
+    print(f"predicted: layer weights {weights:,} bytes {rest}, summed {metric} degradation "
+          f"{summed_degradation(result, settings, metric):.4g}")
     return 0
+
+
+def _file_fixed_bytes(args: argparse.Namespace, result: Sensitivity) -> int:
+    if args.model is None:
+        raise ValueError("--file-bytes needs the model file, to measure its biases, batch norms and metadata")
+    return file_fixed_bytes(result, load_any_model(args.model, args.arch), args.tensor_dtype, args.fold_bn)
 
 
 def _run_sweep(args: argparse.Namespace) -> Sensitivity:

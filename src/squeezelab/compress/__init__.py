@@ -29,9 +29,9 @@ from .pruning import (
     strip,
 )
 from .report import LayerSize, SizeReport
-from .sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, sweep
+from .sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, file_fixed_bytes, sweep
 from .sharing import LatentWeightSharing, WeightSharing, fix_assignments, parse_bits_spec, quantize, shared_layers
-from .sqz import CompressedFileError, inspect_compressed, load_compressed, save_compressed
+from .sqz import CompressedFileError, inspect_compressed, load_compressed, non_weight_bytes, save_compressed
 from .structured import prune_filters
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "densities",
     "distill",
     "distillation_scorer",
+    "file_fixed_bytes",
     "finetune",
     "finetune_config",
     "finetune_data",
@@ -64,6 +65,7 @@ __all__ = [
     "kmeans_1d_many",
     "layer_kinds",
     "load_compressed",
+    "non_weight_bytes",
     "parse_bits_spec",
     "parse_density_spec",
     "parse_granularity_spec",

@@ -30,7 +30,7 @@ from squeezelab.utils.files import atomic_write_text
 from .layers import prunable_layers, resolve_per_layer
 from .pruning import current_mask, magnitude_mask, plain_copy, set_mask, strip_module
 from .sharing import share_weights
-from .sqz import layer_bytes
+from .sqz import layer_bytes, non_weight_bytes
 
 Scorer = Callable[[nn.Module], dict[str, float]]
 SWEEP_KINDS = ("density", "bits")
@@ -239,7 +239,8 @@ def allocate(
     options = _options_by_layer(sensitivity, metric)
     smallest = fixed_bytes + sum(min(o[1] for o in opts) for opts in options.values())
     if max_bytes is not None and smallest > max_bytes:
-        raise ValueError(f"no setting in the sweep reaches {max_bytes:,} bytes (smallest: {smallest:,})")
+        fixed = f", {fixed_bytes:,} of them not layer weights" if fixed_bytes else ""
+        raise ValueError(f"no setting in the sweep reaches {max_bytes:,} bytes (smallest: {smallest:,}{fixed})")
     room = max_bytes - fixed_bytes if max_bytes is not None else sum(max(o[1] for o in opts) for opts in options.values())
     step = max(1, math.ceil(room / ALLOCATION_STEPS))
     costs = {layer: [math.ceil(size / step) for _, size, _ in opts] for layer, opts in options.items()}
@@ -256,6 +257,20 @@ def allocate(
         chosen[layer] = options[layer][index][0]
         capacity -= costs[layer][index]
     return {layer: chosen[layer] for layer in options}
+
+
+def file_fixed_bytes(
+    sensitivity: Sensitivity, model: nn.Module, tensor_dtype: str = "float32", fold_batch_norm: bool = False
+) -> int:
+    """The ``fixed_bytes`` of :func:`allocate` that makes its ``max_bytes`` a budget for the whole ``.sqz``
+    file of ``model``: biases, batch norms (stored as ``tensor_dtype`` and ``fold_batch_norm`` say, see
+    :func:`.sqz.save_compressed`), metadata, header and checksum. The curves must cover every prunable
+    layer, since all their weights are in the file, and count their bytes as the file will (a density sweep
+    with the bits the model will be shared with)."""
+    missing = [name for name in prunable_layers(model) if name not in sensitivity.layers]
+    if missing:
+        raise ValueError(f"a file budget needs curves for every prunable layer; the sweep lacks {', '.join(missing)}")
+    return non_weight_bytes(model, tensor_dtype, fold_batch_norm)
 
 
 def _least_degradation(

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -99,44 +101,81 @@ def save_compressed(
     layer gets running mean 0 and variance ``1 - eps``, so its outputs in eval mode are unchanged
     (training it again starts from those statistics instead of the original ones).
     """
-    if tensor_dtype not in FLOAT_STORAGE:
-        raise ValueError(f"tensor_dtype must be one of {', '.join(FLOAT_STORAGE)}, got {tensor_dtype!r}")
+    _check_tensor_dtype(tensor_dtype)
     shared = shared_layers(model)
     if not shared:
         raise ValueError("the model has no weight-shared layer: run squeezelab.compress.quantize(model, bits) first")
-    spec = getattr(model, "model_spec", None)
-    if spec is None:
-        raise ValueError("model has no model_spec: build it with squeezelab.create_model")
     layer_entries, sections, encoded = [], [], []
     for name, sharing in shared.items():
         entry, layer_sections, layer = _encode_layer(name, sharing, index_coder, position_coder)
         layer_entries.append(entry)
         sections += layer_sections
         encoded.append(layer)
-    state = plain_state_dict(model)
-    folded = batch_norms(model) if fold_batch_norm else {}
-    state = _folded_state(state, folded, sole_convolution_inputs(model, folded) if folded else {})
-    coded_keys = {f"{name}.weight" for name in shared}
-    scales = {f"{name}.{kind}" for name in batch_norms(model) for kind in ("weight", "running_var")}
-    tensor_entries = []
-    for key, tensor in state.items():
-        if key in coded_keys:
-            continue
-        dtype = _storage(tensor, tensor_dtype, is_scale=key in scales)
-        tensor_entries.append([key, dtype, list(tensor.shape)])
-        sections.append(_tensor_bytes(tensor, dtype))
+    small = _SmallTensors.of(model, set(shared), tensor_dtype, fold_batch_norm)
+    metadata = _metadata(model, layer_entries, small)
+    sections += small.sections
+    data = _assemble(metadata, sections)
+    atomic_write_bytes(path, data)
+    return _size_report(encoded, small.entries, len(data), small.state)
+
+
+def non_weight_bytes(model: nn.Module, tensor_dtype: str = "float32", fold_batch_norm: bool = False) -> int:
+    """Bytes of a ``.sqz`` file of ``model`` beyond its prunable layers' coded weights (what
+    :func:`layer_bytes` counts): biases and batch norms stored as ``tensor_dtype`` and ``fold_batch_norm``
+    say (see :func:`save_compressed`), metadata, header and checksum. Together with the layers' bytes this is
+    the file size, to within a few bytes per layer: the metadata records each layer's stream lengths, which
+    only the coded file knows (here: lengths of the usual number of digits)."""
+    _check_tensor_dtype(tensor_dtype)
+    layers = prunable_layers(model)
+    small = _SmallTensors.of(model, set(layers), tensor_dtype, fold_batch_norm)
+    entries = [_typical_layer_entry(name, tuple(module.weight.shape)) for name, module in layers.items()]
+    return len(_assemble(_metadata(model, entries, small), small.sections))
+
+
+def _check_tensor_dtype(tensor_dtype: str) -> None:
+    if tensor_dtype not in FLOAT_STORAGE:
+        raise ValueError(f"tensor_dtype must be one of {', '.join(FLOAT_STORAGE)}, got {tensor_dtype!r}")
+
+
+@dataclasses.dataclass
+class _SmallTensors:
+    """Every state_dict tensor but the coded weights, as stored: ``entries`` are ``[key, storage, shape]``."""
+
+    state: dict[str, torch.Tensor]
+    folded: list[str]
+    entries: list[list[Any]]
+    sections: list[bytes]
+
+    @classmethod
+    def of(cls, model: nn.Module, coded_layers: set[str], tensor_dtype: str, fold_batch_norm: bool) -> _SmallTensors:
+        state = plain_state_dict(model)
+        folded = batch_norms(model) if fold_batch_norm else {}
+        state = _folded_state(state, folded, sole_convolution_inputs(model, folded) if folded else {})
+        coded_keys = {f"{name}.weight" for name in coded_layers}
+        scales = {f"{name}.{kind}" for name in batch_norms(model) for kind in ("weight", "running_var")}
+        entries, sections = [], []
+        for key, tensor in state.items():
+            if key in coded_keys:
+                continue
+            dtype = _storage(tensor, tensor_dtype, is_scale=key in scales)
+            entries.append([key, dtype, list(tensor.shape)])
+            sections.append(_tensor_bytes(tensor, dtype))
+        return cls(state, sorted(folded), entries, sections)
+
+
+def _metadata(model: nn.Module, layer_entries: list[dict[str, Any]], small: _SmallTensors) -> dict[str, Any]:
+    spec = getattr(model, "model_spec", None)
+    if spec is None:
+        raise ValueError("model has no model_spec: build it with squeezelab.create_model")
     cfg = getattr(model, "default_cfg", None)
-    metadata = {
+    return {
         "format": "squeezelab-compressed",
         "model_spec": spec,
         "default_cfg": cfg.to_dict() if isinstance(cfg, ModelConfig) else None,
         "layers": layer_entries,
-        "tensors": tensor_entries,
-        "folded_batch_norm": sorted(folded),
+        "tensors": small.entries,
+        "folded_batch_norm": small.folded,
     }
-    data = _assemble(metadata, sections)
-    atomic_write_bytes(path, data)
-    return _size_report(encoded, tensor_entries, len(data), state)
 
 
 def _encode_layer(
@@ -148,21 +187,36 @@ def _encode_layer(
     index_stream = encode_symbols(indices, index_coder, alphabet=len(codebook))
     taps = kernel_taps(tuple(sharing.mask.shape))
     position_stream = None if mask.all() else encode_positions(mask, position_coder, taps)
-    entry = {
-        "name": name,
-        "shape": list(sharing.mask.shape),
-        "nonzeros": int(mask.sum()),
-        "clusters": len(codebook),
-        "index": [index_stream.coder, len(index_stream.table), len(index_stream.payload)],
-        "positions": None
-        if position_stream is None
+    entry = _layer_entry(
+        name, tuple(sharing.mask.shape), int(mask.sum()), len(codebook),
+        [index_stream.coder, len(index_stream.table), len(index_stream.payload)],
+        None if position_stream is None
         else [position_stream.coder, len(position_stream.table), len(position_stream.payload), position_stream.count],
-    }
+    )  # fmt: skip
     sections = [codebook.astype("<f4").tobytes(), index_stream.table, index_stream.payload]
     if position_stream is not None:
         sections += [position_stream.table, position_stream.payload]
     layer = _DecodedLayer(name, codebook, indices, mask, tuple(sharing.mask.shape), index_stream, position_stream)
     return entry, sections, layer
+
+
+def _layer_entry(
+    name: str, shape: tuple[int, ...], nonzeros: int, clusters: int, index: list, positions: list | None
+) -> dict[str, Any]:
+    """A layer's row of the metadata's stream table: ``index`` is [coder, table bytes, payload bytes],
+    ``positions`` the same and the count of coded positions (None: the layer is dense)."""
+    return {"name": name, "shape": list(shape), "nonzeros": nonzeros, "clusters": clusters, "index": index, "positions": positions}
+
+
+def _typical_layer_entry(name: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    """A stream-table row of about the compressed length a pruned, weight-shared layer of this shape gets.
+    Its stream lengths vary from layer to layer as real ones do (the name seeds them): equal rows for layers
+    of equal shape would compress to almost nothing."""
+    rng = random.Random(name)
+    weights = math.prod(shape)
+    kept = max(1, round(weights * rng.uniform(0.1, 0.6)))
+    index, positions = round(kept * rng.uniform(0.3, 0.4)), round(weights * rng.uniform(0.05, 0.15))
+    return _layer_entry(name, shape, kept, 8, ["huffman", 9, index], ["mask", 3, positions, weights])
 
 
 def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: str = "auto", bits: int | None = None) -> int:
