@@ -70,6 +70,8 @@ def test_file_budget_allocation_gives_a_file_within_it(tmp_path, model_file, cap
     capsys.readouterr()
     assert main(["sensitivity", "--from-csv", str(tmp_path / "sens.csv"), "--file-bytes", str(budget)]) == 2
     assert "--file-bytes needs the model file" in capsys.readouterr().err
+    assert main(["sensitivity", str(model_file), "--dataset", "digits", "--layers", "features.0", "--file-bytes", "9000"]) == 2
+    assert "sweep without --layers" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, model_file, capsys):

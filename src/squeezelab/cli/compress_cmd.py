@@ -269,6 +269,9 @@ def run_decompress(args: argparse.Namespace) -> int:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
+    if args.file_bytes is not None and args.layers and args.from_csv is None:
+        # checked before a sweep of many minutes, not after it
+        raise ValueError("--file-bytes needs curves for every prunable layer: sweep without --layers")
     if args.from_csv is not None:
         result = Sensitivity.from_csv(args.from_csv)
     else:
@@ -276,13 +279,13 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     metric = args.metric or ("kl" if "kl" in result.baseline else "top1")
     if metric not in result.baseline:
         raise ValueError(f"--metric {metric!r} was not measured; measured: {', '.join(result.metrics)}")
+    fixed = _file_fixed_bytes(args, result) if args.file_bytes is not None else 0
     for layer, (xs, ys) in result.curves(metric).items():
         print(f"{layer:<28} " + "  ".join(f"{x:g}:{y:.4g}" for x, y in zip(xs, ys)))
     if args.out is not None:
         print("written: " + ", ".join(str(p) for p in result.write(args.out, metric)))
     if args.max_bytes is None and args.max_drop is None and args.file_bytes is None:
         return 0
-    fixed = _file_fixed_bytes(args, result) if args.file_bytes is not None else 0
     budget = args.file_bytes if args.file_bytes is not None else args.max_bytes
     settings = allocate(result, metric, max_bytes=budget, max_degradation=args.max_drop, fixed_bytes=fixed)
     print(f"allocated {result.kind} per layer: " + ",".join(f"{name}={value:g}" for name, value in settings.items()))
