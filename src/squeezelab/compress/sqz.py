@@ -105,6 +105,7 @@ def save_compressed(
     shared = shared_layers(model)
     if not shared:
         raise ValueError("the model has no weight-shared layer: run squeezelab.compress.quantize(model, bits) first")
+    _model_spec(model)  # before the coding work, not after it
     layer_entries, sections, encoded = [], [], []
     for name, sharing in shared.items():
         entry, layer_sections, layer = _encode_layer(name, sharing, index_coder, position_coder)
@@ -148,11 +149,11 @@ class _SmallTensors:
 
     @classmethod
     def of(cls, model: nn.Module, coded_layers: set[str], tensor_dtype: str, fold_batch_norm: bool) -> _SmallTensors:
-        state = plain_state_dict(model)
-        folded = batch_norms(model) if fold_batch_norm else {}
-        state = _folded_state(state, folded, sole_convolution_inputs(model, folded) if folded else {})
+        norms = batch_norms(model)
+        folded = norms if fold_batch_norm else {}
+        state = _folded_state(plain_state_dict(model), folded, sole_convolution_inputs(model, folded) if folded else {})
         coded_keys = {f"{name}.weight" for name in coded_layers}
-        scales = {f"{name}.{kind}" for name in batch_norms(model) for kind in ("weight", "running_var")}
+        scales = {f"{name}.{kind}" for name in norms for kind in ("weight", "running_var")}
         entries, sections = [], []
         for key, tensor in state.items():
             if key in coded_keys:
@@ -163,14 +164,18 @@ class _SmallTensors:
         return cls(state, sorted(folded), entries, sections)
 
 
-def _metadata(model: nn.Module, layer_entries: list[dict[str, Any]], small: _SmallTensors) -> dict[str, Any]:
+def _model_spec(model: nn.Module) -> dict[str, Any]:
     spec = getattr(model, "model_spec", None)
     if spec is None:
         raise ValueError("model has no model_spec: build it with squeezelab.create_model")
+    return spec
+
+
+def _metadata(model: nn.Module, layer_entries: list[dict[str, Any]], small: _SmallTensors) -> dict[str, Any]:
     cfg = getattr(model, "default_cfg", None)
     return {
         "format": "squeezelab-compressed",
-        "model_spec": spec,
+        "model_spec": _model_spec(model),
         "default_cfg": cfg.to_dict() if isinstance(cfg, ModelConfig) else None,
         "layers": layer_entries,
         "tensors": small.entries,
