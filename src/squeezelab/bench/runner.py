@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from squeezelab.utils.optional import require
 from squeezelab.interop.evaluate import labelled_images, topk_accuracies
 from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.interop.onnx_export import random_images
@@ -101,7 +102,7 @@ def bench_models(refs: Sequence[str], settings: BenchSettings, workdir: str | Pa
 
 
 def _environment(settings: BenchSettings) -> dict[str, Any]:
-    import onnxruntime
+    onnxruntime = require("onnxruntime")
 
     return {
         "cpu": _cpu_name(),

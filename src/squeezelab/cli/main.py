@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from squeezelab.utils.optional import MissingDependency
+
 from .common import is_first_process
 
 COMMAND_MODULES = ("models_cmd", "interop_cmd", "bench_cmd", "sweep_cmd", "train_cmd", "quickstart_cmd", "compress_cmd")
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into `head` and the like: stop quietly, as other Unix tools do.
         sys.stderr.close()
         return 0
-    except (CLIError, ValueError, FileNotFoundError, OSError) as exc:
+    except (CLIError, MissingDependency, ValueError, FileNotFoundError, OSError) as exc:
         # Under torchrun every process meets the same bad input; torchrun itself reports each exit code.
         if is_first_process():
             print(f"squeezelab {args.command}: error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from squeezelab.sweep import StudySpec, open_study, run_study, write_report
+from squeezelab.sweep import StudySpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Optuna is an optional extra: import what needs it only when a study actually runs.
+    from squeezelab.sweep import open_study, run_study, write_report
+
     spec = StudySpec.load(args.study)
     out = args.out or Path("runs") / "sweeps" / spec.name
     if args.report_only:

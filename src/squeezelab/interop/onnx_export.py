@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from squeezelab.utils.optional import require
 from squeezelab.models import ModelConfig
 from squeezelab.utils.files import atomic_write_bytes
 
@@ -41,7 +42,7 @@ def export_onnx(
     free (for models whose head pools globally). The preprocessing config and model spec are stored as
     ONNX metadata, so a runtime can preprocess images from the ``.onnx`` file alone.
     """
-    import onnx
+    onnx = require("onnx")
 
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset must be >= {DEFAULT_OPSET}, got {opset}")
@@ -108,7 +109,7 @@ def set_metadata(proto, entries: dict[str, str]) -> None:
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file (read without loading the weights into onnxruntime)."""
-    import onnx
+    onnx = require("onnx")
 
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from squeezelab.utils.optional import require
 from squeezelab.data.folders import is_image_file
 from squeezelab.data.images import ImageDecodeError, load_pil_image
 from squeezelab.data.transforms import eval_transform
@@ -133,8 +134,8 @@ def head_nodes(proto) -> list[str]:
 
 def concat_range_overrides(model_path: str | os.PathLike, calibration: np.ndarray) -> dict[str, list[dict]]:
     """onnxruntime ``TensorQuantOverrides`` giving each Concat's inputs and output their joint min/max range."""
-    import onnx
-    import onnxruntime as ort
+    onnx = require("onnx")
+    ort = require("onnxruntime")
 
     proto = onnx.load(str(model_path))
     concats = [node for node in proto.graph.node if node.op_type == "Concat"]
@@ -176,7 +177,8 @@ def quantize_int8(
     ``calibration`` is a float32 batch from :func:`calibration_batch`. The squeezelab metadata of the fp32
     file is carried over (plus ``metadata``).
     """
-    import onnx
+    onnx = require("onnx")
+    require("onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from squeezelab.utils.optional import require
 from squeezelab.utils.errors import first_line
 
 from .onnx_export import INPUT_NAME, onnx_config
@@ -17,7 +18,7 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, optimization: str = "all"):
     """A CPU ``InferenceSession``; ``threads`` None keeps onnxruntime's default (one per physical core)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime")
 
     if optimization not in OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization must be one of {OPTIMIZATION_LEVELS}, got {optimization!r}")

@@ -9,19 +9,22 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 
 from squeezelab.utils.files import atomic_write, atomic_write_text  # noqa: E402
+from squeezelab.utils.optional import require  # noqa: E402
 
 from .runner import crashed, grid_trials, retried_trials, trial_key, trial_params  # noqa: E402
 from .study import StudySpec  # noqa: E402
+
+if TYPE_CHECKING:
+    import optuna
+TrialState = require("optuna.trial").TrialState
 
 METRIC_COLUMNS = (
     "params", "fp32_bytes", "compressed_bytes", "macs", "val_top1", "test_top1", "test_top5",

@@ -15,19 +15,25 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import optuna
 import torch
 import warnings
-from optuna.trial import TrialState
 
 from squeezelab.bench.timing import interleaved_timings
 from squeezelab.compress import DEEP_COMPRESSION_DENSITIES, prune, quantize, save_compressed
 from squeezelab.models import count_macs, count_params
 from squeezelab.train import TrainConfig, train_from_config
 
+from squeezelab.utils.optional import require
+
 from .study import Range, StudySpec, point_key
+
+if TYPE_CHECKING:
+    import optuna
+else:
+    optuna = require("optuna")
+TrialState = optuna.trial.TrialState
 
 HEARTBEAT_SECONDS = 60
 GRACE_SECONDS = 180
