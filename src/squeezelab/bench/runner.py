@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from squeezelab.utils.optional import require
 from squeezelab.interop.evaluate import labelled_images, topk_accuracies
 from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.interop.onnx_export import random_images
@@ -24,6 +23,7 @@ from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT
 from squeezelab.models import count_macs, count_params, create_model, list_models
 from squeezelab.models.profile import MB
 from squeezelab.utils.errors import first_line
+from squeezelab.utils.optional import require
 
 from .backends import BASELINE, DEFAULT_BACKENDS, BackendUnavailable, ModelArtifacts, build_backend
 from .peak import measure_peak_gflops

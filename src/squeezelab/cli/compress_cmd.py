@@ -11,18 +11,16 @@ from squeezelab.compress import (
     inspect_compressed,
     load_compressed,
     parse_bits_spec,
-    parse_per_layer,
     parse_density_spec,
+    parse_per_layer,
 )
 from squeezelab.compress.coding import SYMBOL_ENCODERS
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
 from squeezelab.compress.kmeans import KMEANS_INITS
 from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs, parse_stage_lr
-from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
 from squeezelab.compress.positions import POSITION_CODERS
 from squeezelab.compress.pruning import GRANULARITIES, parse_granularity_spec
-from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.compress.sensitivity import (
     SWEEP_KINDS,
     Sensitivity,
@@ -34,6 +32,8 @@ from squeezelab.compress.sensitivity import (
     summed_degradation,
     sweep,
 )
+from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
+from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_loaders, list_datasets
 from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.models.files import save_model
@@ -41,7 +41,6 @@ from squeezelab.models.profile import MB, MIB
 from squeezelab.train import TrainConfig, distributed_session, training_config_of
 
 from .common import format_table, is_first_process
-
 
 GRANULARITY_HELP = (
     "prune single weights (weight, default) or whole kh x kw kernels (kernel), or per layer: conv3x3=kernel,default=weight"
@@ -348,7 +347,8 @@ def run_dsd(args: argparse.Namespace) -> int:
         )
     if not dist_info.is_main:
         return 0
-    rows = [[phase, f"{m['top1']:.2f}%", f"{m['top5']:.2f}%"] for phase, m in (("dense", result.dense), ("sparse", result.sparse), ("re-dense", result.redense)) if m]
+    phases = (("dense", result.dense), ("sparse", result.sparse), ("re-dense", result.redense))
+    rows = [[phase, f"{m['top1']:.2f}%", f"{m['top5']:.2f}%"] for phase, m in phases if m]
     if rows:
         print(format_table(["phase", "test top-1", "test top-5"], rows))
     if args.output is not None:

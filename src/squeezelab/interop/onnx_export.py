@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from squeezelab.utils.optional import require
 from squeezelab.models import ModelConfig
 from squeezelab.utils.files import atomic_write_bytes
+from squeezelab.utils.optional import require
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"

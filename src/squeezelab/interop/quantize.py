@@ -23,12 +23,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from squeezelab.utils.optional import require
 from squeezelab.data.folders import is_image_file
 from squeezelab.data.images import ImageDecodeError, load_pil_image
 from squeezelab.data.transforms import eval_transform
 from squeezelab.models import ModelConfig
 from squeezelab.utils.files import atomic_write_bytes
+from squeezelab.utils.optional import require
 
 from .onnx_export import INPUT_NAME, onnx_config, onnx_metadata, set_metadata
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from squeezelab.utils.optional import require
 from squeezelab.utils.errors import first_line
+from squeezelab.utils.optional import require
 
 from .onnx_export import INPUT_NAME, onnx_config
 

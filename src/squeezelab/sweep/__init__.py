@@ -25,7 +25,18 @@ _OPTUNA_NAMES = {
     "run_trial": "runner",
 }
 
-__all__ = ["Range", "StudySpec", "point_key", *sorted(_OPTUNA_NAMES)]
+__all__ = [
+    "Range",
+    "StudySpec",
+    "markdown_table",
+    "open_study",
+    "pareto_front",
+    "point_key",
+    "run_study",
+    "run_trial",
+    "trial_rows",
+    "write_report",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,18 +13,17 @@ import json
 import multiprocessing
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-import warnings
 
 from squeezelab.bench.timing import interleaved_timings
 from squeezelab.compress import DEEP_COMPRESSION_DENSITIES, prune, quantize, save_compressed
 from squeezelab.models import count_macs, count_params
 from squeezelab.train import TrainConfig, train_from_config
-
 from squeezelab.utils.optional import require
 
 from .study import Range, StudySpec, point_key
@@ -101,7 +100,8 @@ def run_study(
     queued = _queue_pending(study, spec)
     total = _planned_trials(spec)
     say = log or (lambda _message: None)
-    say(f"study {spec.name!r}: {total} trials planned, {queued} queued now, {workers} worker process(es); storage {study._storage.url if hasattr(study._storage, 'url') else root / 'study.db'}")
+    storage = getattr(study._storage, "url", root / "study.db")
+    say(f"study {spec.name!r}: {total} trials planned, {queued} queued now, {workers} worker process(es); storage {storage}")
     # torch's default honours OMP_NUM_THREADS, so a study can be confined next to another job
     threads = max(1, torch.get_num_threads() // workers)
     if workers == 1:
