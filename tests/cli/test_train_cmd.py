@@ -24,6 +24,14 @@ def test_train_then_eval_from_the_command_line(tiny_config, tmp_path, capsys):
     metrics = json.loads(out_json.read_text())
     assert metrics["top1"] == results["test"]["top1"] and set(metrics["per_class"]) == set("0123456789")
 
+    code = main(["eval", "--checkpoint", str(run / "best.pt"), "--dataset", "digits", "--limit", "300", "--tta", "mirror", "--quiet",
+                 "--json", str(out_json)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "with tta mirror: top-1" in printed
+    metrics = json.loads(out_json.read_text())
+    assert metrics["top1"] == results["test"]["top1"] and 0 <= metrics["tta"]["top1"] <= 100
+
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--set", "learning_rate=0.1"]) == 2
@@ -34,6 +42,21 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert "drop --epochs" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+def test_torchrun_trains_with_the_fast_training_features(tiny_config, tmp_path):
+    """Lookahead, a whitening layer whose bias stops training, frozen batch-norm scales and TTA under DDP."""
+    config = tmp_path / "fast.yaml"
+    tiny_config.updated(
+        model="squeezenet_fast_cifar", model_kwargs={"widths": [8, 16, 16]}, in_chans=3, input_size=[16, 16], epochs=2,
+        translate=1, translate_mode="reflect", flip="alternate", norm_lr_scale=4.0, bn_weight_frozen=True,
+        weight_averaging="lookahead", ema_every=2, ema_start_epoch=0, init="dirac", whitening="frozen", whitening_bias_epochs=1,
+        tta="mirror_translate",
+    ).save(config)
+    run = tmp_path / "run"
+    stdout, _ = torchrun_squeezelab(["train", "--config", str(config), "--out", str(run), "--quiet", "--batch-size", "48"], tmp_path)
+    assert stdout.count("epoch   2/2") == 1 and stdout.count("test with tta mirror_translate") == 1
+    assert load_checkpoint(run / "last.pt")["weight_average"]["average"] is not None
 
 
 def test_torchrun_two_processes_train_with_ddp(tiny_config, tmp_path):

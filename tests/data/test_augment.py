@@ -34,3 +34,40 @@ def test_cutout_errors_name_the_setting():
         BatchAugment(cutout=-1)
     with pytest.raises(ValueError, match="cutout=4: needs augment on"):
         build_datasets("digits", input_size=8, augment=False, cutout=4, progress=False)
+
+
+def test_reflected_translation_mirrors_the_border_without_repeating_the_edge():
+    from squeezelab.data.augment import random_crop
+
+    images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(400, 1, 1, 1)
+    shifted = random_crop(images, 2, torch.Generator().manual_seed(0), mode="reflect")
+    padded = torch.nn.functional.pad(images[:1].float(), (2, 2, 2, 2), mode="reflect")[0, 0]
+    windows = {tuple(padded[y : y + 4, x : x + 4].flatten().tolist()) for y in range(5) for x in range(5)}
+    seen = {tuple(s.flatten().float().tolist()) for s in shifted[:, 0]}
+    assert seen <= windows and len(seen) == 25  # every offset in [-2, 2]^2 occurs, each equal to F.pad's reflect
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    splits = build_datasets("digits", input_size=8, val_fraction=0.0, translate=0, flip="alternate", progress=False)
+    # digits are never flipped (a mirrored 2 is no 2): use the augmentation directly on the same images
+    augment = BatchAugment(padding=0, flip=True, flip_mode="alternate")
+    images = splits.train.images[:256]
+    indices = torch.arange(256)
+    even = augment(images, torch.Generator(), indices, epoch=0, seed=3)
+    odd = augment(images, torch.Generator(), indices, epoch=1, seed=3)
+    flipped_even = (even != images).flatten(1).any(1)
+    flipped_odd = (odd != images).flatten(1).any(1)
+    symmetric = (images == images.flip(-1)).flatten(1).all(1)
+    assert torch.equal((flipped_even ^ flipped_odd)[~symmetric], torch.ones_like(symmetric)[~symmetric])
+    assert 0.35 < flipped_even[~symmetric].float().mean() < 0.65
+    again = augment(images, torch.Generator(), indices, epoch=2, seed=3)
+    assert torch.equal(again, even)  # the same half in every even epoch
+    with pytest.raises(ValueError, match="needs in-memory data"):
+        augment(images, torch.Generator(), None, epoch=0)
+
+
+def test_new_augmentation_settings_are_checked():
+    with pytest.raises(ValueError, match="translate_mode must be one of"):
+        BatchAugment(translate_mode="wrap")
+    with pytest.raises(ValueError, match="flip must be one of"):
+        BatchAugment(flip_mode="sometimes")

@@ -12,6 +12,7 @@ from squeezelab.data import list_datasets
 from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.train import TrainConfig, default_run_dir, evaluate_checkpoint, resume_training, train_from_config
 from squeezelab.train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES
+from squeezelab.train.evaluate import TTA_MODES
 from squeezelab.utils.files import atomic_write_text
 
 from .common import format_table, parse_input_size
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--amp", choices=AMP_MODES, default="off")
     ev.add_argument("--input-size", type=parse_input_size, help="override the model's input size")
     ev.add_argument("--limit", type=int, help="evaluate at most N images")
+    ev.add_argument("--tta", choices=TTA_MODES, default="none", help="also report top-1/top-5 with test-time augmentation")
     ev.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     ev.add_argument("--quiet", action="store_true", help="no progress bar and no per-class table")
     ev.set_defaults(func=run_eval)
@@ -115,12 +117,16 @@ def run_eval(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         limit=args.limit,
         progress=not args.quiet,
+        tta=args.tta,
     )
     print(
         f"{args.checkpoint} on {args.dataset} {args.split} ({metrics['images']:,} images): "
         f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
         f"{metrics['images_per_s']:,.0f} images/s"
     )
+    if "tta" in metrics:
+        tta = metrics["tta"]
+        print(f"with tta {tta['mode']}: top-1 {tta['top1']:.2f}%  top-5 {tta['top5']:.2f}%  loss {tta['loss']:.4f}")
     if not args.quiet:
         rows = [
             [name, f"{acc:.2f}", sum(row)]

@@ -137,6 +137,9 @@ def build_datasets(
     seed: int = 0,
     augment: bool = True,
     cutout: int = 0,
+    translate: int | None = None,
+    translate_mode: str = "zeros",
+    flip: str = "random",
     limit: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -162,6 +165,10 @@ def build_datasets(
         augment: random crop + flip (ImageNet-style RandomResizedCrop for large inputs) on training data.
         cutout: with ``augment``, also blank a random square of this side (pixels) in each training image
             (Cutout; in-memory data only).
+        translate, translate_mode, flip: in-memory augmentation (see :class:`BatchAugment`): random
+            translation by up to ``translate`` pixels (default: 1/8 of the side) with a ``"zeros"`` or
+            ``"reflect"`` border, and ``"random"``, ``"alternate"`` or ``"none"`` horizontal flips (data sets
+            of digits are never flipped).
         limit: use at most this many images of the training pool and of the test set (quick runs, tests).
         mean, std: normalisation (default: per-channel statistics of the training pool for in-memory data,
             ImageNet's otherwise); ``channel_order``/``pixel_scale`` as in :class:`ModelConfig` (Caffe models).
@@ -202,7 +209,8 @@ def build_datasets(
         raise ValueError(f"mean/std have {len(mean)} values but the model takes {chans} channels")
     if cutout and not (augment and in_memory):
         raise ValueError(f"cutout={cutout}: needs augment on and in-memory data (input side <= {IN_MEMORY_MAX_SIDE} px)")
-    batch_augment = BatchAugment(max(1, round(max(size) / 8)), source.flip, cutout) if augment and in_memory else None
+    padding = max(1, round(max(size) / 8)) if translate is None else translate
+    batch_augment = BatchAugment(padding, source.flip, cutout, translate_mode, flip) if augment and in_memory else None
     return DatasetSplits(
         train=train,
         val=val,

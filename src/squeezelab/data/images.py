@@ -90,7 +90,8 @@ class InMemoryImages(Dataset):
     """Images held as one uint8 ``N x C x H x W`` tensor with int64 targets.
 
     Indexing one item gives ``(C x H x W uint8, int)``; ``__getitems__`` (used by ``DataLoader`` for batched
-    fetching) returns the whole batch as ``(N x C x H x W uint8, N int64)`` with one tensor gather.
+    fetching) returns the whole batch as ``(N x C x H x W uint8, N int64 targets, N int64 indices)`` with one
+    tensor gather; the indices let batched augmentation treat each image by its identity (alternating flip).
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
@@ -107,9 +108,9 @@ class InMemoryImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.targets[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return self.images[index], self.targets[index]
+        return self.images[index], self.targets[index], index
 
     def subset(self, indices: torch.Tensor) -> "InMemoryImages":
         return InMemoryImages(self.images[indices], self.targets[indices])

@@ -42,7 +42,7 @@ class EpochLoader(DataLoader):
         if self.generator is not None:
             self.generator.manual_seed(epoch_seed(self.seed, epoch, 0))
         if isinstance(self.collate_fn, BatchCollate):
-            self.collate_fn.set_seed(epoch_seed(self.seed, epoch, 1))
+            self.collate_fn.set_seed(epoch_seed(self.seed, epoch, 1), epoch, self.seed)
 
 
 @dataclass

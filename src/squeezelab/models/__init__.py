@@ -1,6 +1,6 @@
 """Pure ``nn.Module`` definitions and the model registry (no training code here)."""
 
-from . import baselines, squeezenet, squeezenext  # noqa: F401  (register the model families)
+from . import baselines, squeezenet, squeezenet_fast, squeezenext  # noqa: F401  (register the model families)
 from .baselines import VGG, AlexNet, PlainCNN, build_vgg19, vgg_features
 from .fire import Fire, FirePair
 from .profile import InputTooSmallError, count_macs, count_params, fp32_size_bytes, layer_table

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from squeezelab.data.augment import FLIP_MODES, TRANSLATE_MODES
 from squeezelab.utils.files import atomic_write_text, read_mapping
+
+from .averaging import AVERAGING_MODES
+from .evaluate import TTA_MODES
+from .initialization import INIT_MODES, WHITENING_MODES
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "poly", "onecycle")
@@ -33,6 +39,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     augment: bool = True
     cutout: int = 0  # side in pixels of the Cutout square (0: off); CIFAR-10's usual value is 16
+    translate: int | None = None  # pixels of random translation of in-memory images; None: 1/8 of the side
+    translate_mode: str = "zeros"  # the border a translation uncovers: "zeros" or "reflect" (mirrored)
+    flip: str = "random"  # "random", "alternate" (each image mirrored in every other epoch) or "none"
     limit: int | None = None
     workers: int | None = None
     # optimisation
@@ -45,8 +54,12 @@ class TrainConfig:
     nesterov: bool = True
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
+    norm_lr_scale: float = 1.0  # learning-rate multiplier of batch-norm and bias parameters (airbench: 64)
+    bn_momentum: float | None = None  # running-statistics momentum of every batch norm (PyTorch's convention)
+    bn_weight_frozen: bool = False  # batch-norm scales stay at their initial 1 (only the shifts train)
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
+    warmup_start: float = 0.0  # lr multiplier at the first warm-up step (airbench: 0.2)
     min_lr_ratio: float = 0.0  # final lr / peak lr for cosine and poly
     step_size: int = 30  # epochs, for "step"
     milestones: list[int] = field(default_factory=lambda: [30, 60, 80])  # epochs, for "multistep"
@@ -56,6 +69,19 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # max global gradient norm
     accumulate: int = 1  # optimizer step every `accumulate` batches
+    # weight averaging: "ema" evaluates and saves an average of the weights; "lookahead" also copies it back
+    weight_averaging: str = "none"
+    ema_decay: float = 0.999  # per update
+    ema_every: int = 1  # optimizer steps between updates
+    ema_start_epoch: int = 0  # first epoch (0-based) that updates the average
+    ema_warmup_power: float = 0.0  # decay * (step / total steps) ** power: weak averaging early (airbench: 3)
+    # initialisation
+    init: str = "default"  # "dirac": identity on the first min(in, out) filters of every odd-kernel convolution
+    whitening: str = "none"  # "frozen" or "trainable": first convolution fitted to whiten training patches
+    whitening_images: int = 5000  # training images the whitening is fitted on
+    whitening_bias_epochs: int | None = None  # with whitening: epochs the first layer's bias trains (None: all)
+    # evaluation
+    tta: str = "none"  # test-time augmentation of the final test, reported beside the plain figure
     # knowledge distillation (Hinton et al. 2015): loss = (1 - distill) * CE + distill * T^2 * KL(teacher || student)
     distill: float = 0.0  # weight of the teacher's soft targets; 0 trains on labels only
     distill_temperature: float = 4.0
@@ -73,14 +99,21 @@ class TrainConfig:
         self._check_choice("schedule", SCHEDULES)
         self._check_choice("device", DEVICES)
         self._check_choice("amp", AMP_MODES)
+        self._check_choice("translate_mode", TRANSLATE_MODES)
+        self._check_choice("flip", FLIP_MODES)
+        self._check_choice("weight_averaging", AVERAGING_MODES)
+        self._check_choice("init", INIT_MODES)
+        self._check_choice("whitening", WHITENING_MODES)
+        self._check_choice("tta", TTA_MODES)
+        self._check_fast_training()
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accumulate": self.accumulate, "step_size": self.step_size}
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         if not isinstance(self.cutout, int) or self.cutout < 0:
             raise ValueError(f"cutout: must be a whole number of pixels >= 0, got {self.cutout!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if not _finite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
         if self.weight_decay < 0 or self.label_smoothing < 0 or self.label_smoothing >= 1:
             raise ValueError("weight_decay must be >= 0 and label_smoothing in [0, 1)")
         if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs):
@@ -95,6 +128,30 @@ class TrainConfig:
             raise ValueError(f"distill_temperature: must be > 0, got {self.distill_temperature}")
         if self.teacher is not None and not self.distill:
             raise ValueError("teacher: set, but distill is 0 (give the weight of the teacher's targets)")
+
+    def _check_fast_training(self) -> None:
+        if self.translate is not None and (not isinstance(self.translate, int) or self.translate < 0):
+            raise ValueError(f"translate: must be a whole number of pixels >= 0 or null, got {self.translate!r}")
+        if not _finite(self.norm_lr_scale) or self.norm_lr_scale <= 0:
+            raise ValueError(f"norm_lr_scale: must be a finite number > 0, got {self.norm_lr_scale}")
+        if self.bn_momentum is not None and not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum: must be in (0, 1] or null, got {self.bn_momentum}")
+        if not 0.0 <= self.warmup_start <= 1.0:
+            raise ValueError(f"warmup_start: must be in [0, 1], got {self.warmup_start}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: must be in (0, 1), got {self.ema_decay}")
+        if not isinstance(self.ema_every, int) or self.ema_every < 1:
+            raise ValueError(f"ema_every: must be a positive integer, got {self.ema_every!r}")
+        if not isinstance(self.ema_start_epoch, int) or not 0 <= self.ema_start_epoch < self.epochs:
+            raise ValueError(f"ema_start_epoch: must be a whole number in [0, epochs), got {self.ema_start_epoch!r}")
+        if not _finite(self.ema_warmup_power) or self.ema_warmup_power < 0:
+            raise ValueError(f"ema_warmup_power: must be >= 0, got {self.ema_warmup_power}")
+        if not isinstance(self.whitening_images, int) or self.whitening_images < 1:
+            raise ValueError(f"whitening_images: must be a positive integer, got {self.whitening_images!r}")
+        if self.whitening_bias_epochs is not None and (not isinstance(self.whitening_bias_epochs, int) or self.whitening_bias_epochs < 0):
+            raise ValueError(f"whitening_bias_epochs: must be a whole number >= 0 or null, got {self.whitening_bias_epochs!r}")
+        if self.whitening_bias_epochs is not None and self.whitening == "none":
+            raise ValueError("whitening_bias_epochs: set, but whitening is none")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
@@ -135,6 +192,10 @@ class TrainConfig:
     def updated(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` applied (None values are ignored), validated."""
         return TrainConfig.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _coerced(cls: type, key: str, value: Any) -> Any:

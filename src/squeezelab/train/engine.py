@@ -22,14 +22,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from squeezelab.data import DatasetSplits, Loaders, build_loaders, epoch_seed
+from squeezelab.data import DatasetSplits, InMemoryImages, Loaders, build_loaders, epoch_seed
 from squeezelab.models.profile import count_params
 from squeezelab.models.registry import ModelConfig
 
+from .averaging import WeightAverage
 from .checkpoint import BEST, LAST, load_checkpoint, load_trained_model, load_weights
 from .config import TrainConfig
 from .device import DistInfo, autocast, grad_scaler, join_process_group, resolve_amp, resolve_device
 from .evaluate import evaluate
+from .initialization import dirac_init, first_conv, fit_patch_whitening, set_batch_norm
 from .optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch
 from .rundir import RunDir
 
@@ -102,6 +104,10 @@ def fit(
     show_bars = progress and dist_info.is_main
     run = RunDir(run_dir, enabled=dist_info.is_main)
 
+    _check_tta(config, loaders.splits)
+    if not resume:
+        _initialise(model, config, loaders.splits)
+    frozen_later = _prepare_parameters(model, config)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -109,9 +115,10 @@ def fit(
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     scaler = grad_scaler(device, amp)
+    averager = _weight_average(config, config.epochs * steps_per_epoch)
     state = _State()
     if resume:
-        state = _resume(run, model, optimizer, scheduler, scaler, config, say)
+        state = _resume(run, model, optimizer, scheduler, scaler, averager, config, say)
     run.write_config(config)
     train_model = _wrap(model, config, device, dist_info)
     criterion = training_loss(config, _teacher(teacher, config), device, amp)
@@ -125,20 +132,28 @@ def fit(
             epoch_start = time.perf_counter()
             _seed_epoch(config.seed, epoch, dist_info.rank)
             loaders.train.set_epoch(epoch)
-            train = _train_epoch(train_model, loaders.train, criterion, optimizer, scheduler, scaler, config, device, amp, epoch, show_bars)
+            no_grad_params = frozen_later(epoch)
+            train = _train_epoch(
+                train_model, loaders.train, criterion, optimizer, scheduler, scaler, config, device, amp, epoch, show_bars,
+                averager=averager, plain_model=model, no_grad_params=no_grad_params,
+            )
             _adopt_rank0_buffers(model, dist_info)
-            val = evaluate(model, loaders.val, device, amp=amp, channels_last=config.channels_last) if loaders.val else None
-            if val is not None:
-                dead_outputs.update(val["constant_outputs"], last_epoch=epoch + 1 == config.epochs)
-            row = _history_row(epoch, train, val, optimizer, time.perf_counter() - epoch_start)
-            state.history.append(row)
-            improved = val is None or state.best_val_top1 is None or val["top1"] > state.best_val_top1
-            if improved:
-                state.best_epoch, state.best_val_top1 = epoch + 1, (val["top1"] if val else None)
-                state.best_weights = _cpu_copy(model.state_dict())
-            state.epoch = epoch + 1
-            state.seconds += row["epoch_time"]
-            _save_epoch(run, model, optimizer, scheduler, scaler, config, state, improved)
+            if averager is not None:
+                averager.end_epoch(model)
+            extra = _averaging_state(model, averager)
+            with averager.averaged(model) if averager is not None else contextlib.nullcontext():
+                val = evaluate(model, loaders.val, device, amp=amp, channels_last=config.channels_last) if loaders.val else None
+                if val is not None:
+                    dead_outputs.update(val["constant_outputs"], last_epoch=epoch + 1 == config.epochs)
+                row = _history_row(epoch, train, val, optimizer, time.perf_counter() - epoch_start)
+                state.history.append(row)
+                improved = val is None or state.best_val_top1 is None or val["top1"] > state.best_val_top1
+                if improved:
+                    state.best_epoch, state.best_val_top1 = epoch + 1, (val["top1"] if val else None)
+                    state.best_weights = _cpu_copy(model.state_dict())
+                state.epoch = epoch + 1
+                state.seconds += row["epoch_time"]
+                _save_epoch(run, model, optimizer, scheduler, scaler, config, state, improved, extra)
             say(_epoch_line(row, config.epochs, improved and val is not None))
     except NonFiniteLossError as exc:
         last = run.file(LAST)
@@ -156,12 +171,70 @@ def fit(
         # full precision: the test figure describes the fp32 weights users keep, whatever trained them
         test = evaluate(model, loaders.test, device, channels_last=config.channels_last, progress=show_bars, desc="test")
         say(f"test (best epoch {state.best_epoch}): top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  loss {test['loss']:.4f}")
+        if config.tta != "none":
+            tta = evaluate(model, loaders.test, device, channels_last=config.channels_last, progress=show_bars, desc="test tta", tta=config.tta)
+            test["tta"] = {"mode": config.tta, **{k: tta[k] for k in ("top1", "top5", "loss")}}
+            say(f"test with tta {config.tta}: top-1 {tta['top1']:.2f}%  top-5 {tta['top5']:.2f}%  loss {tta['loss']:.4f}")
     written = run.path if run.enabled else None
     result = FitResult(model, state.history, state.best_epoch, state.best_val_top1, test, written, state.seconds)
     run.write_results(_results_json(result, config, loaders.splits, model), test["confusion"] if test else None, loaders.splits.class_names)
     if own_group:
         dist.destroy_process_group()
     return result
+
+
+def _check_tta(config: TrainConfig, splits: DatasetSplits) -> None:
+    if config.tta != "none" and min(splits.input_size[1:]) < 2:
+        raise ValueError(f"tta: {config.tta} needs image inputs, but {splits.name} gives {'x'.join(map(str, splits.input_size))}")
+
+
+def _initialise(model: nn.Module, config: TrainConfig, splits: DatasetSplits) -> None:
+    """Identity and whitening initialisation of a new run (a resumed one has its weights already)."""
+    if config.init == "dirac":
+        dirac_init(model)
+    if config.whitening != "none":
+        if not isinstance(splits.train, InMemoryImages):
+            raise ValueError(f"whitening: needs training images held in memory ({splits.name} is read from files)")
+        images = splits.normalization(splits.train.images[: config.whitening_images])
+        fit_patch_whitening(first_conv(model), images)
+
+
+def _prepare_parameters(model: nn.Module, config: TrainConfig) -> Callable[[int], list[nn.Parameter]]:
+    """Freeze what the config freezes; returns ``epoch -> parameters whose gradients are dropped``.
+
+    A parameter that trains for some epochs only (the whitening bias) keeps ``requires_grad``, so that
+    DistributedDataParallel still sees every gradient; its gradient is dropped before the optimizer step,
+    which then leaves it (and its momentum) untouched, as a frozen parameter.
+    """
+    set_batch_norm(model, config.bn_momentum, config.bn_weight_frozen)
+    if config.whitening == "none":
+        return lambda epoch: []
+    conv = first_conv(model)
+    if config.whitening == "frozen":
+        conv.weight.requires_grad_(False)
+    bias_epochs = config.whitening_bias_epochs
+    if conv.bias is None or bias_epochs is None:
+        return lambda epoch: []
+    return lambda epoch: [conv.bias] if epoch >= bias_epochs else []
+
+
+def _weight_average(config: TrainConfig, total_steps: int) -> WeightAverage | None:
+    if config.weight_averaging == "none":
+        return None
+    return WeightAverage(
+        config.weight_averaging, config.ema_decay, config.ema_every, config.ema_start_epoch, config.ema_warmup_power, total_steps
+    )
+
+
+def _averaging_state(model: nn.Module, averager: WeightAverage | None) -> dict[str, Any]:
+    """What a checkpoint needs beyond the (averaged) weights to resume: the average, and in EMA mode the
+    weights being trained, which differ from the saved ones."""
+    if averager is None:
+        return {}
+    extra: dict[str, Any] = {"weight_average": averager.state_dict()}
+    if averager.mode == "ema":
+        extra["training_weights"] = _cpu_copy(model.state_dict())
+    return extra
 
 
 def _loaders(splits: DatasetSplits, config: TrainConfig, dist_info: DistInfo) -> Loaders:
@@ -268,7 +341,11 @@ def training_loss(config: TrainConfig, teacher: nn.Module | None, device: torch.
     return with_teacher
 
 
-def _train_epoch(model, loader, criterion: Loss, optimizer, scheduler, scaler, config: TrainConfig, device, amp, epoch: int, show_bar: bool) -> dict:
+def _train_epoch(
+    model, loader, criterion: Loss, optimizer, scheduler, scaler, config: TrainConfig, device, amp, epoch: int, show_bar: bool,
+    *, averager: WeightAverage | None = None, plain_model: nn.Module | None = None, no_grad_params: list[nn.Parameter] | None = None,
+) -> dict:
+    """One epoch of training; ``plain_model`` is ``model`` without its DDP/compile wrapper (for averaging)."""
     model.train()
     batches = len(loader)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -293,6 +370,8 @@ def _train_epoch(model, loader, criterion: Loss, optimizer, scheduler, scaler, c
                 loss = criterion(logits, images, labels)
                 scaler.scale(loss / config.accumulate).backward()
             if step_now:
+                for param in no_grad_params or ():
+                    param.grad = None  # the optimizer then skips it, momentum and weight decay included
                 if config.grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -300,6 +379,8 @@ def _train_epoch(model, loader, criterion: Loss, optimizer, scheduler, scaler, c
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if averager is not None:
+                    averager.after_step(plain_model or model, scheduler.last_epoch, epoch)
             loss_sum += loss.detach().double() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
@@ -393,17 +474,19 @@ def _training_state(optimizer, scheduler, scaler, config: TrainConfig, state: _S
     }
 
 
-def _save_epoch(run: RunDir, model, optimizer, scheduler, scaler, config: TrainConfig, state: _State, improved: bool) -> None:
+def _save_epoch(
+    run: RunDir, model, optimizer, scheduler, scaler, config: TrainConfig, state: _State, improved: bool, extra: dict[str, Any]
+) -> None:
     if not run.enabled:
         return
-    training = _training_state(optimizer, scheduler, scaler, config, state)
+    training = {**_training_state(optimizer, scheduler, scaler, config, state), **extra}
     if improved:
         run.write_checkpoint(BEST, model, **training)
     run.write_checkpoint(LAST, model, **training)
     run.write_epoch(state.history, f"{config.model} on {config.dataset}")
 
 
-def _resume(run: RunDir, model, optimizer, scheduler, scaler, config: TrainConfig, say) -> _State:
+def _resume(run: RunDir, model, optimizer, scheduler, scaler, averager: WeightAverage | None, config: TrainConfig, say) -> _State:
     last = run.file(LAST)
     if last is None:
         raise ValueError("resume needs a run directory")
@@ -412,6 +495,10 @@ def _resume(run: RunDir, model, optimizer, scheduler, scaler, config: TrainConfi
     record = load_checkpoint(last)
     _check_same_config(record.get("config", {}), config, last)
     load_weights(model, record, str(last))
+    if "training_weights" in record:  # EMA: the checkpoint's weights are the average, not the trained ones
+        load_weights(model, {"state_dict": record["training_weights"]}, str(last))
+    if averager is not None:
+        averager.load_state_dict(record.get("weight_average", {}), model)
     optimizer.load_state_dict(record["optimizer"])
     scheduler.load_state_dict(record["scheduler"])
     scaler.load_state_dict(record["scaler"])
@@ -444,7 +531,7 @@ def _results_json(result: FitResult, config: TrainConfig, splits: DatasetSplits,
         "best_epoch": result.best_epoch,
         "best_val_top1": result.best_val_top1,
         "train_seconds": result.seconds,
-        "test": {k: test[k] for k in ("top1", "top5", "loss", "images", "images_per_s") if k in test},
+        "test": {k: test[k] for k in ("top1", "top5", "loss", "images", "images_per_s", "tta") if k in test},
         "test_per_class": dict(zip(splits.class_names, test.get("per_class", []))),
     }
 

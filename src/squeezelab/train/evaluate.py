@@ -13,6 +13,8 @@ from tqdm import tqdm
 
 from .device import autocast
 
+TTA_MODES = ("none", "mirror", "mirror_translate")
+
 
 @torch.no_grad()
 def evaluate(
@@ -24,6 +26,7 @@ def evaluate(
     channels_last: bool = False,
     progress: bool = False,
     desc: str = "eval",
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Evaluate any classifier returning ``(N, num_classes)`` logits on ``(images, labels)`` batches.
 
@@ -32,8 +35,11 @@ def evaluate(
     (classes whose logit was the same for every image: dead output units), ``images``, ``seconds``
     and end-to-end ``images_per_s`` (loading included). Percentages are in [0, 100]. A loader whose
     ``sharded`` attribute is True (a distributed evaluation loader) has its counts summed over processes.
-    The model's train/eval mode is restored afterwards.
+    ``tta`` averages the logits over test-time augmentations (see :func:`tta_logits`). The model's
+    train/eval mode is restored afterwards.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
@@ -42,16 +48,39 @@ def evaluate(
     try:
         for images, labels in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
             images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                logits = model(images)
+                logits = tta_logits(model, images, tta, channels_last)
             tally.add(logits.float(), labels.to(device, non_blocking=True))
     finally:
         model.train(was_training)
     if getattr(loader, "sharded", False):
         tally.all_reduce()
     return tally.summary(time.perf_counter() - start)
+
+
+def tta_logits(model: nn.Module, images: torch.Tensor, tta: str = "none", channels_last: bool = False) -> torch.Tensor:
+    """The model's logits averaged over test-time augmentations (airbench's levels 0-2).
+
+    ``"mirror"``: the image and its mirror image. ``"mirror_translate"``: half of that, plus half the mean over
+    the image shifted by one pixel up-left and down-right (reflected borders), each with its mirror image.
+    """
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return model(x.contiguous(memory_format=torch.channels_last) if channels_last else x).float()
+
+    def mirrored(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (run(x) + run(x.flip(-1)))
+
+    if tta == "none":
+        return run(images)
+    if images.dim() != 4 or min(images.shape[-2:]) < 2:
+        raise ValueError(f"tta: needs image batches (N x C x H x W, H and W >= 2), got shape {tuple(images.shape)}")
+    if tta == "mirror":
+        return mirrored(images)
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    shifted = (padded[..., 0:h, 0:w], padded[..., 2 : h + 2, 2 : w + 2])
+    return 0.5 * mirrored(images) + 0.25 * (mirrored(shifted[0]) + mirrored(shifted[1]))
 
 
 def _model_device(model: nn.Module) -> torch.device:

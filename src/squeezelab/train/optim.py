@@ -18,8 +18,9 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from .config import TrainConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters in two groups: weight decay on matrices and kernels, none on biases/norms (1-D).
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float, norm_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters in two groups: matrices and kernels with weight decay at ``lr``; biases and
+    batch-norm parameters (1-D) without weight decay at ``lr * norm_lr_scale``.
 
     Decided by shape, not by name, so it works for any module, including ``torch.nn.utils.parametrize`` ones.
     """
@@ -28,11 +29,15 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         raise ValueError("the model has no trainable parameters")
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = (
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr * norm_lr_scale},
+    )
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.lr, config.norm_lr_scale)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
     if config.optimizer == "adam":
@@ -57,7 +62,7 @@ def build_scheduler(optimizer: Optimizer, config: TrainConfig, steps_per_epoch: 
             )
         return OneCycleLR(
             optimizer,
-            max_lr=config.lr,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=total,
             pct_start=config.onecycle_pct_start,
             # Cycling momentum (or Adam's beta1) is part of one-cycle, but must not add momentum where none was set.
@@ -71,7 +76,7 @@ def lr_multiplier(step: int, config: TrainConfig, steps_per_epoch: int) -> float
     total = config.epochs * steps_per_epoch
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     if step < warmup:
-        return (step + 1) / (warmup + 1)
+        return config.warmup_start + (1.0 - config.warmup_start) * (step + 1) / (warmup + 1)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     epoch = step // steps_per_epoch
     floor = config.min_lr_ratio

@@ -52,6 +52,9 @@ def build_run_data(config: TrainConfig, progress: bool = True) -> DatasetSplits:
         seed=config.seed,
         augment=config.augment,
         cutout=config.cutout,
+        translate=config.translate,
+        translate_mode=config.translate_mode,
+        flip=config.flip,
         limit=config.limit,
         progress=progress,
     )
@@ -119,14 +122,16 @@ def evaluate_checkpoint(
     input_size: tuple[int, ...] | None = None,
     limit: int | None = None,
     progress: bool = True,
+    tta: str = "none",
 ) -> tuple[dict, DatasetSplits]:
     """Evaluate a model file, training checkpoint or bare ``state_dict`` (with ``model_name``) on a data split.
 
     Images are preprocessed as the model's ``default_cfg`` says (what training recorded: input size,
     statistics, channel order). ``split="val"`` rebuilds the run's validation split from the seed and fraction
     stored in a training checkpoint. ``model``, if given, is what ``checkpoint`` holds, already loaded (a
-    compressed ``.sqz`` file, say, which only ``squeezelab.compress`` reads). Returns ``(metrics of
-    evaluate(), the data splits)``.
+    compressed ``.sqz`` file, say, which only ``squeezelab.compress`` reads). With ``tta`` (see
+    :func:`~squeezelab.train.evaluate.tta_logits`) the metrics also hold ``"tta"``: top-1, top-5 and loss
+    with test-time augmentation, beside the plain figures. Returns ``(metrics of evaluate(), the data splits)``.
     """
     if split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {split!r}")
@@ -152,4 +157,9 @@ def evaluate_checkpoint(
         raise ValueError(f"dataset {dataset!r} has no {split} split here")
     target = resolve_device(device)
     model.to(target)
-    return evaluate(model, loader, target, amp=resolve_amp(amp, target), progress=progress, desc=split), splits
+    amp_dtype = resolve_amp(amp, target)
+    metrics = evaluate(model, loader, target, amp=amp_dtype, progress=progress, desc=split)
+    if tta != "none":
+        augmented = evaluate(model, loader, target, amp=amp_dtype, progress=progress, desc=f"{split} tta", tta=tta)
+        metrics["tta"] = {"mode": tta, **{k: augmented[k] for k in ("top1", "top5", "loss")}}
+    return metrics, splits
