@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-import torch
 
 from squeezelab.compress import CompressedFileError, load_compressed, save_compressed
 from squeezelab.compress.sqz import FLOAT_STORAGE

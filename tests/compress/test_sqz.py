@@ -15,9 +15,9 @@ from squeezelab.compress import (
     save_compressed,
     shared_layers,
 )
+from squeezelab.compress.positions import POSITION_CODERS, decode_positions, encode_positions
 from squeezelab.compress.pruning import plain_state_dict
 from squeezelab.compress.sqz import layer_bytes
-from squeezelab.compress.positions import POSITION_CODERS, decode_positions, encode_positions
 from squeezelab.models.profile import fp32_size_bytes
 
 from .conftest import tiny_model

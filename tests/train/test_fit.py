@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from squeezelab.data import build_loaders
 from squeezelab.models.files import load_model, save_model
 from squeezelab.train import (
     NonFiniteLossError,
@@ -19,7 +20,6 @@ from squeezelab.train import (
     train_from_config,
     training_config_of,
 )
-from squeezelab.data import build_loaders
 from squeezelab.train.rundir import METRIC_COLUMNS
 
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt", "results.json",

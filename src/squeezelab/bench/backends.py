@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import torch
 import torch.nn as nn
@@ -14,6 +14,7 @@ import torch.nn as nn
 from squeezelab.interop.onnx_export import export_onnx
 from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch, quantize_int8
 from squeezelab.interop.runtime import OnnxModel
+from squeezelab.models.registry import model_config
 from squeezelab.utils.errors import first_line
 
 BACKENDS = ("eager", "channels_last", "bf16", "compile", "onnx", "int8")
@@ -74,7 +75,8 @@ class ModelArtifacts:
             raise BackendUnavailable("int8 needs calibration images (--calibration DIR)")
         key = ("int8", tuple(size))
         if key not in self._paths:
-            cfg = replace(self.model.default_cfg, input_size=tuple(size))
+            # (a (C, H, W) size: the cast only tells mypy the length)
+            cfg = replace(model_config(self.model), input_size=cast(tuple[int, int, int], tuple(size)))
             batch = calibration_batch(self.calibration, cfg, self.calibration_count, progress=self.progress)
             self._paths[key] = quantize_int8(self.fp32_onnx(size), self.workdir / f"int8_{_tag(size)}.onnx", batch)
         return self._paths[key]
@@ -86,7 +88,8 @@ def _tag(size: Sequence[int]) -> str:
 
 def _compiled(artifacts: ModelArtifacts, size: tuple[int, ...]) -> nn.Module:
     try:
-        return torch.compile(artifacts.model)
+        # (typed as returning any callable; given a module it returns a module, an OptimizedModule)
+        return cast(nn.Module, torch.compile(artifacts.model))
     except Exception as exc:  # torch.compile raises many backend-specific types; all mean "not available here"
         raise BackendUnavailable(f"torch.compile failed: {first_line(exc)}") from None
 

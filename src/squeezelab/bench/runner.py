@@ -22,6 +22,7 @@ from squeezelab.interop.onnx_export import random_images
 from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT
 from squeezelab.models import count_macs, count_params, create_model, list_models
 from squeezelab.models.profile import MB
+from squeezelab.models.registry import model_config, model_spec
 from squeezelab.utils.errors import first_line
 from squeezelab.utils.optional import require
 
@@ -72,7 +73,7 @@ def resolve_model(ref: str) -> BenchModel:
         model = load_any_model(path)
         kind = detect_format(path)
         compressed = path.stat().st_size if kind in COMPRESSED_FORMATS else None
-        return BenchModel(f"{model.model_spec['name']} ({path.name})", model, compressed)
+        return BenchModel(f"{model_spec(model)['name']} ({path.name})", model, compressed)
     if ref in list_models():
         return BenchModel(ref, create_model(ref).eval(), trained=False)
     raise ValueError(f"{ref}: neither a model file nor a registered model name (see 'squeezelab models')")
@@ -128,7 +129,7 @@ def _cpu_name() -> str:
 
 
 def _bench_one(entry: BenchModel, settings: BenchSettings, workdir: Path) -> list[dict[str, Any]]:
-    cfg = entry.model.default_cfg
+    cfg = model_config(entry.model)
     size = (cfg.input_size[0], *(settings.input_size or cfg.input_size[1:]))
     artifacts = ModelArtifacts(
         entry.model, workdir, settings.threads, settings.calibration, settings.calibration_count, settings.progress
@@ -138,8 +139,8 @@ def _bench_one(entry: BenchModel, settings: BenchSettings, workdir: Path) -> lis
     if settings.eval_data is not None and entry.trained:
         # Accuracy at the model's own input size, as it was trained and published.
         native = backends if size == cfg.input_size else _build_backends(entry.name, settings, artifacts, cfg.input_size)[0]
-        accuracy = _accuracies(native, cfg, settings)
-    shared = {
+        accuracy = _accuracies(native, cfg, settings.eval_data, settings)
+    shared: dict[str, Any] = {
         "model": entry.name,
         "infer_img_size": f"{size[1]}x{size[2]}",
         "param_count": round(count_params(entry.model) / 1e6, 4),
@@ -203,8 +204,10 @@ def _speed_columns(timing, baseline, batch_size: int, gmacs: float) -> dict[str,
     }
 
 
-def _accuracies(backends: dict[str, nn.Module], cfg, settings: BenchSettings) -> dict[str, dict[str, float]]:
-    images = labelled_images(settings.eval_data)
+def _accuracies(
+    backends: dict[str, nn.Module], cfg, eval_data: str | Path, settings: BenchSettings
+) -> dict[str, dict[str, float]]:
+    images = labelled_images(eval_data)
     if settings.eval_limit is not None:
         images = images.select(range(min(settings.eval_limit, len(images))))
     scores = topk_accuracies(backends, images, cfg, progress=settings.progress)

@@ -6,6 +6,10 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
 
 from squeezelab.bench.timing import interleaved_timings
 from squeezelab.interop import imagenet_class_names, import_caffe_compressed
@@ -19,6 +23,7 @@ from squeezelab.interop.runtime import OnnxModel
 from squeezelab.models import create_model, list_models
 from squeezelab.models.files import save_model
 from squeezelab.models.profile import count_params
+from squeezelab.models.registry import model_config
 
 from .common import format_table, parse_input_size
 
@@ -91,7 +96,7 @@ def run_import_caffe(args: argparse.Namespace) -> int:
     names = imagenet_class_names(args.classes) if args.classes else None
     model = import_caffe_compressed(args.file, prototxt=args.prototxt, class_names=names)
     save_model(model, args.out)
-    cfg = model.default_cfg
+    cfg = model_config(model)
     print(
         f"imported {args.file} -> {args.out}: squeezenet1_0 (final conv padding 1), {count_params(model):,} "
         f"parameters; preprocessing {cfg.channel_order} x{cfg.pixel_scale:g} minus mean {cfg.mean}, "
@@ -147,7 +152,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     model = load_any_model(args.model, arch=args.arch)
-    calibration = calibration_batch(args.calibration, model.default_cfg, args.calibration_count)
+    calibration = calibration_batch(args.calibration, model_config(model), args.calibration_count)
     with tempfile.TemporaryDirectory(prefix="squeezelab-quantize-") as tmp:
         fp32_path = export_onnx(model, Path(tmp) / "fp32.onnx")
         int8_path = quantize_int8(fp32_path, args.out, calibration)
@@ -157,9 +162,9 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_int8(args: argparse.Namespace, model, backends: dict) -> None:
-    batch = random_images(model.default_cfg, 1)
-    timings = interleaved_timings({name: (lambda m=m: m(batch)) for name, m in backends.items()}, warmup=5, iters=50)
+def _report_int8(args: argparse.Namespace, model: nn.Module, backends: dict[str, OnnxModel]) -> None:
+    batch = random_images(model_config(model), 1)
+    timings = interleaved_timings({name: _call(m, batch) for name, m in backends.items()}, warmup=5, iters=50)
     baseline = timings["onnx fp32"].median
     rows = [
         [name, f"{1e3 * t.median:.2f}", f"{1e3 * t.p90:.2f}", f"{baseline / t.median:.2f}x"] for name, t in timings.items()
@@ -169,8 +174,13 @@ def _report_int8(args: argparse.Namespace, model, backends: dict) -> None:
         images = labelled_images(args.eval_data)
         if args.eval_limit:
             images = images.select(range(min(args.eval_limit, len(images))))
-        scores = topk_accuracies(backends, images, model.default_cfg)
+        scores = topk_accuracies(backends, images, model_config(model))
         for row, name in zip(rows, backends):
             row += [f"{scores[name]['top1']:.1f}", f"{scores[name]['top5']:.1f}"]
         headers += ["top-1 %", "top-5 %"]
     print(format_table(headers, rows))
+
+
+def _call(model: nn.Module, batch: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """``model(batch)`` as a call to time (a function, not a lambda with a default argument: mypy types it)."""
+    return lambda: model(batch)

@@ -6,6 +6,7 @@ import argparse
 
 from squeezelab.models import count_macs, count_params, create_model, get_model_config, layer_table, list_models
 from squeezelab.models.profile import MB, MIB
+from squeezelab.models.registry import model_config
 
 from .common import format_table, parse_input_size, parse_model_arg
 
@@ -37,7 +38,7 @@ def run_models(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         model = create_model(name)
-        input_size = model.default_cfg.input_size
+        input_size = model_config(model).input_size
         params = count_params(model)
         rows.append(
             [
@@ -67,7 +68,7 @@ def run_info(args: argparse.Namespace) -> int:
     params = count_params(model)
     macs = count_macs(model, input_size)
     rows.append(["total", "", "", f"{params:,}", f"{macs:,}"])
-    print(f"{args.model}: input {'x'.join(map(str, input_size))}, {model.default_cfg.num_classes} classes")
+    print(f"{args.model}: input {'x'.join(map(str, input_size))}, {model_config(model).num_classes} classes")
     print(format_table(["layer", "kind", "output", "params", "MACs"], rows))
     print(f"fp32 size: {4 * params:,} bytes = {4 * params / MB:.3f} MB = {4 * params / MIB:.3f} MiB")
     return 0

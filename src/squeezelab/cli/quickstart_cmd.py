@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     result = quickstart(args.out, epochs=args.epochs, progress=not args.quiet)
+    assert result.test is not None and result.run_dir is not None  # a quickstart run has both
     print(f"test top-1 {result.test['top1']:.2f}% on {result.test['images']} digits images")
     print(f"run directory (config, metrics.csv, curves.png, checkpoints, results.json, confusion matrix): {result.run_dir}")
     print("Deep Compression of the trained model (pruning, 4-bit shared weights, fine-tuning, entropy coding):")

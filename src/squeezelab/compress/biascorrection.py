@@ -17,12 +17,12 @@ bias whose output feeds only a batch norm is corrected through that norm's runni
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
-from .layers import prunable_layers
+from .layers import layer_bias, prunable_layers
 from .sqz import batch_norms, sole_convolution_inputs
 
 
@@ -39,17 +39,18 @@ def correct_biases(
     eval mode on their own devices; ``model`` is changed in place.
     """
     wanted = _channel_means(reference, images, batch_size)
-    norm_of = {conv: norm for norm, conv in sole_convolution_inputs(model, batch_norms(model), require_bias=False).items()}
-    modules = dict(model.named_modules())
+    norms = batch_norms(model)
+    norm_of = {conv: norm for norm, conv in sole_convolution_inputs(model, norms, require_bias=False).items()}
     shifts: dict[str, float] = {}
 
     def correct(name: str, layer: nn.Module, output: torch.Tensor) -> torch.Tensor | None:
-        target = layer.bias if layer.bias is not None else _running_mean(modules, norm_of.get(name))
+        bias = layer_bias(layer)
+        target = bias if bias is not None else _running_mean(norms, norm_of.get(name))
         if target is None or name in shifts:
             return None
         shift = (_mean_per_channel(output) - wanted[name]).to(output.device, output.dtype)
         # A batch norm subtracts its running mean, so the shift is added there and taken off a bias.
-        target.add_(shift if layer.bias is None else -shift)
+        target.add_(shift if bias is None else -shift)
         shifts[name] = shift.abs().mean().item()
         return output - shift.view(1, -1, *([1] * (output.dim() - 2)))
 
@@ -58,8 +59,8 @@ def correct_biases(
     return shifts
 
 
-def _running_mean(modules: dict[str, nn.Module], norm: str | None) -> torch.Tensor | None:
-    return modules[norm].running_mean if norm is not None else None
+def _running_mean(norms: Mapping[str, nn.modules.batchnorm._BatchNorm], norm: str | None) -> torch.Tensor | None:
+    return norms[norm].running_mean if norm is not None else None
 
 
 def _mean_per_channel(output: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import constriction
 import numpy as np
+import numpy.typing as npt
 
 HUFFMAN_MAX_LENGTH = 24
 ANS_FREQUENCY_TOTAL = 1 << 14  # probabilities are stored as integer frequencies summing to about this
@@ -57,7 +58,7 @@ def entropy_bytes(counts: np.ndarray) -> float:
 # --- variable-length integers (LEB128), for the small tables ---------------------------------------
 
 
-def encode_varints(values: np.ndarray) -> bytes:
+def encode_varints(values: npt.ArrayLike) -> bytes:
     out = bytearray()
     for value in np.asarray(values, dtype=np.int64).tolist():
         if value < 0:
@@ -111,7 +112,7 @@ def huffman_lengths(counts: np.ndarray, max_length: int = HUFFMAN_MAX_LENGTH) ->
 
 
 def _huffman_tree_depths(weights: np.ndarray) -> np.ndarray:
-    heap = [(float(w), i, (i,)) for i, w in enumerate(weights)]
+    heap: list[tuple[float, int, tuple[int, ...]]] = [(float(w), i, (i,)) for i, w in enumerate(weights)]
     heapq.heapify(heap)
     depths = np.zeros(len(weights), dtype=np.int64)
     tie = len(weights)
@@ -264,7 +265,7 @@ def ans_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
     return coder.decode(_categorical(frequencies), count).astype(np.int64)
 
 
-def bernoulli_encode(bits: np.ndarray) -> EncodedStream:
+def bernoulli_encode(bits: npt.ArrayLike) -> EncodedStream:
     """A 0/1 stream with one stored probability (the i.i.d. limit for a sparsity mask)."""
     bits = np.asarray(bits, dtype=np.int32)
     ones = int(bits.sum())

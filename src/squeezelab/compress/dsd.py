@@ -78,6 +78,7 @@ def dense_sparse_dense(
         for index, phase in enumerate(PHASES):
             if done is not None and index <= PHASES.index(done):
                 if phase == done:
+                    assert root is not None  # done is a phase found finished in root
                     _load_phase_model(model, root / phase / PHASE_MODEL)
                 continue
             if phase == "sparse":

@@ -5,7 +5,7 @@ the summed gradient of the weights sharing it), without labels by distillation f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from squeezelab.data import DatasetSplits, Loaders, build_datasets, dataset_options_from_config
+from squeezelab.models.registry import model_config
 from squeezelab.train import FitResult, TrainConfig, fit
 
 from .sensitivity import predict
 
 # Fine-tuning starts from trained weights: a small constant-then-decaying learning rate, no warm-up.
-FINETUNE_DEFAULTS = {"optimizer": "sgd", "lr": 0.001, "schedule": "cosine", "weight_decay": 5e-4, "warmup_epochs": 0.0}
+FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.001, "schedule": "cosine", "weight_decay": 5e-4, "warmup_epochs": 0.0}
 
 
 # What fine-tuning takes over from the dense model's own training run (Han et al. retrain with the original
@@ -51,7 +52,7 @@ def finetune_data(
     (validation fraction and seed, augmentation, Cutout)."""
     return build_datasets(
         dataset, root, limit=limit, progress=progress, val_fraction=config.val_fraction, seed=config.seed,
-        augment=config.augment, cutout=config.cutout, **dataset_options_from_config(model.default_cfg),
+        augment=config.augment, cutout=config.cutout, **dataset_options_from_config(model_config(model)),
     )  # fmt: skip
 
 

@@ -136,20 +136,20 @@ def optimal_cuts_many(
     in O(1) as long as a group stays inside its own problem, which the search ranges guarantee.
     """
     sizes = np.array([len(p) for p in points], dtype=np.int64)
-    ks = np.minimum(np.asarray(ks, dtype=np.int64), np.maximum(sizes, 1))
+    capped_ks = np.minimum(np.asarray(ks, dtype=np.int64), np.maximum(sizes, 1))  # no more groups than points
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     x = np.concatenate([np.asarray(p, dtype=np.float64) for p in points])
     w = np.concatenate([np.asarray(v, dtype=np.float64) for v in weights])
     cumulative = [np.concatenate([[0.0], np.cumsum(w * x**p)]) for p in (0, 1, 2)]
     boundaries = np.arange(len(x) + 1)
     best = _group_costs(cumulative, np.repeat(np.append(offsets, len(x)), np.append(sizes, 1)), boundaries)
-    choices = np.zeros((int(ks.max(initial=1)) + 1, len(x) + 1), dtype=np.int32)
-    for groups in range(2, int(ks.max(initial=1)) + 1):
-        active = (ks >= groups) & (sizes >= groups)
+    choices = np.zeros((int(capped_ks.max(initial=1)) + 1, len(x) + 1), dtype=np.int32)
+    for groups in range(2, int(capped_ks.max(initial=1)) + 1):
+        active = (capped_ks >= groups) & (sizes >= groups)
         first, last = offsets[active], offsets[active] + sizes[active]
         best, choices[groups] = _next_row(best, cumulative, first + groups, last, first + groups - 1, last - 1)
     all_cuts = []
-    for offset, size, k in zip(offsets.tolist(), sizes.tolist(), ks.tolist()):
+    for offset, size, k in zip(offsets.tolist(), sizes.tolist(), capped_ks.tolist()):
         cuts = [offset + size]
         for groups in range(k, 1, -1):
             cuts.append(int(choices[groups, cuts[-1]]))

@@ -12,15 +12,48 @@ from __future__ import annotations
 import re
 from typing import Callable, Mapping, TypeVar
 
+import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
-T = TypeVar("T", int, float)
+T = TypeVar("T", int, float, str)
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Convolution and linear layers with a weight, by module name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name}
+
+
+# Typed access to a layer's weight, bias and weight parametrizations: through nn.Module.__getattr__ type
+# checkers see every attribute as ``Tensor | Module``.
+
+
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight``: the parameter, or the masked / shared tensor its parametrizations compute."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is a {type(weight).__name__}, not a tensor")
+    return weight
+
+
+def layer_bias(module: nn.Module) -> torch.Tensor | None:
+    """``module.bias`` (None for a layer built without one)."""
+    bias = module.bias
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.bias is a {type(bias).__name__}, not a tensor")
+    return bias
+
+
+def weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    """``module.parametrizations.weight`` of a layer whose weight is parametrized."""
+    parametrizations = module.parametrizations
+    if not isinstance(parametrizations, nn.ModuleDict):
+        raise TypeError(f"{type(module).__name__}.parametrizations is not a ModuleDict")
+    weight = parametrizations.weight
+    if not isinstance(weight, parametrize.ParametrizationList):
+        raise TypeError(f"{type(module).__name__} has no weight parametrizations")
+    return weight
 
 
 KIND_PATTERN = re.compile(r"stem|classifier|conv|conv\d+x\d+|linear|default")
@@ -35,7 +68,7 @@ def layer_kinds(model: nn.Module) -> dict[str, tuple[str, ...]]:
         role = ("stem",) if name == names[0] else ("classifier",) if name == names[-1] else ()
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
-            shape = (f"conv{kh}x{kw}", "conv")
+            shape: tuple[str, ...] = (f"conv{kh}x{kw}", "conv")
         else:
             shape = ("linear",)
         kinds[name] = role + shape
@@ -60,10 +93,11 @@ def resolve_per_layer(model: nn.Module, spec: T | Mapping[str, T], what: str) ->
             f"{what}: no layer, module or layer kind named {', '.join(unknown)}; "
             f"kinds are {sorted(kind_names)}, layers are {_abridged(list(kinds))}"
         )
-    resolved = {}
+    resolved: dict[str, T] = {}
     for name, layer_kind_list in kinds.items():
-        prefixes = sorted((key for key in spec if _inside(name, key)), key=len, reverse=True)
-        for key in (*prefixes, *layer_kind_list, "default"):
+        prefixes = sorted((prefix for prefix in spec if _inside(name, prefix)), key=len, reverse=True)
+        # concatenated, not star-unpacked: mypy cannot type the unpacking under the constrained TypeVar T
+        for key in tuple(prefixes) + layer_kind_list + ("default",):
             if key in spec:
                 resolved[name] = spec[key]
                 break

@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sized, cast
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from squeezelab.data import BatchCollate, DatasetSplits, build_loaders
 from squeezelab.models.profile import MB
+from squeezelab.models.registry import model_config
 from squeezelab.train import QUICKSTART_CONFIG, DistInfo, TrainConfig, build_run_data, distributed_session, evaluate
 from squeezelab.train.checkpoint import LAST
 from squeezelab.train.rundir import RESULTS
@@ -135,12 +136,13 @@ def compress_and_evaluate(
         raise ValueError("bias correction needs the training images of a data set (a dataset name and root)")
     labelled = data is not None and _labels_fit(model, data)
     if tuning and not labelled:
+        assert data is not None  # fine-tuning without data raised above
         raise ValueError(f"fine-tuning needs data labelled with the model's classes; {_class_mismatch(model, data)}")
     if bias_correction and keep_filters is not None:
         raise ValueError("bias correction compares each layer with the dense model's, which filter pruning reshapes")
     config = finetune_config(finetune_epochs or 1, train_config)
     with distributed_session(config.device) as dist_info:
-        test_loader = build_loaders(data, EVAL_BATCH).test if labelled else None
+        test_loader = build_loaders(data, EVAL_BATCH).test if labelled and data is not None else None
         if data is not None and not labelled and log is not None:
             log(f"no accuracy measured: {_class_mismatch(model, data)} (its images serve bias correction only)")
         dense_metrics = evaluate(model, test_loader) if test_loader is not None else None
@@ -148,8 +150,8 @@ def compress_and_evaluate(
         teacher = dense if tuning and config.distill else None
         runs = Path(run_dir) if run_dir is not None else None
         if runs is not None and tuning:
-            settings = {"model": fingerprint(model), "density": density, "bits": bits, "init": init,
-                        "centroid_update": centroid_update, "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
+            settings: dict[str, Any] = {"model": fingerprint(model), "density": density, "bits": bits, "init": init,
+                                        "centroid_update": centroid_update, "keep_filters": keep_filters, "prune_steps": prune_steps}  # fmt: skip
             if stage_epochs:
                 settings["stage_epochs"] = dict(stage_epochs)
             if granularity != "weight":
@@ -162,8 +164,10 @@ def compress_and_evaluate(
 
         def tune(stage: str) -> None:
             if stage in superseded:
+                assert runs is not None  # only a run_dir has superseded stages
                 results.append(_recorded_test(runs / stage))
             elif epochs[stage]:
+                assert data is not None  # fine-tuning without data raised above
                 stage_dir = runs / stage if runs else None
                 stage_config = config.updated(epochs=epochs[stage], lr=stage_lr.get(stage, config.lr))
                 result = finetune(model, data, stage_config, stage_dir, resume=True, progress=progress, log=log, teacher=teacher)
@@ -179,6 +183,7 @@ def compress_and_evaluate(
         tune("quantized")
         fix_assignments(model, centroid_update)
         if bias_correction:
+            assert dense is not None and data is not None  # both checked / made above for bias correction
             correct_biases(model, dense, _training_images(data, bias_correction, config.seed))
         report = _save_on_main(dist_info, model, path, index_coder, position_coder, tensor_dtype, fold_batch_norm)
         decoded = load_compressed(path)
@@ -192,13 +197,16 @@ def _labels_fit(model: nn.Module, data: DatasetSplits) -> bool:
 
 
 def _class_mismatch(model: nn.Module, data: DatasetSplits) -> str:
-    return f"{data.name or 'the data'} has {data.num_classes} classes, the model {model.default_cfg.num_classes}"
+    return f"{data.name or 'the data'} has {data.num_classes} classes, the model {model_config(model).num_classes}"
 
 
 def _training_images(data: DatasetSplits, count: int, seed: int) -> torch.Tensor:
     """``count`` training images (a fixed random subset), normalised as the model expects, not augmented."""
-    chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:count]
-    return BatchCollate(data.normalization)([data.train[int(i)] for i in chosen])[0]
+    train = data.train
+    assert train is not None  # compress_and_evaluate checked it before calling this
+    # (torch's Dataset declares no __len__; the training sets of DatasetSplits all have one)
+    chosen = torch.randperm(len(cast(Sized, train)), generator=torch.Generator().manual_seed(seed))[:count]
+    return BatchCollate(data.normalization)([train[int(i)] for i in chosen])[0]
 
 
 def parse_stage_epochs(text: str | None) -> dict[str, int]:

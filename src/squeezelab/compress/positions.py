@@ -39,7 +39,8 @@ GAP_CAPS = tuple((1 << b) - 1 for b in range(1, 11))
 
 def gap_symbols(positions: np.ndarray, cap: int) -> np.ndarray:
     """Gaps (kept position minus previous kept position minus one), each preceded by its escapes."""
-    gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
+    # annotated: numpy's stubs pick the timedelta64 overload for ``diff(...) - 1`` and then reject ``% cap``
+    gaps: np.ndarray = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
     escapes = gaps // cap
     symbols = np.full(len(gaps) + int(escapes.sum()), cap, dtype=np.int64)
     symbols[np.cumsum(escapes + 1) - 1] = gaps % cap

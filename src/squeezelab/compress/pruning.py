@@ -24,7 +24,7 @@ from squeezelab.models.files import model_record
 from squeezelab.models.registry import create_model
 from squeezelab.utils.files import atomic_torch_save
 
-from .layers import parse_per_layer, prunable_layers, resolve_per_layer
+from .layers import layer_weight, parse_per_layer, prunable_layers, resolve_per_layer, weight_parametrizations
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ DEEP_COMPRESSION_DENSITIES = {"stem": 1.0, "conv1x1": 1.0, "conv3x3": 0.33, "cla
 
 class PruningMask(nn.Module):
     """Parametrization ``weight = original * mask`` with a boolean mask buffer."""
+
+    mask: torch.Tensor  # a buffer (declared for type checkers)
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -67,11 +69,11 @@ def parse_density_spec(text: str) -> DensitySpec:
 def current_mask(module: nn.Module) -> torch.Tensor:
     """The layer's current sparsity pattern: its parametrization's mask, else its non-zero weights."""
     if parametrize.is_parametrized(module, "weight"):
-        for parametrization in module.parametrizations.weight:
+        for parametrization in weight_parametrizations(module):
             mask = getattr(parametrization, "mask", None)
             if mask is not None:
                 return mask.clone()
-    return module.weight.detach() != 0
+    return layer_weight(module).detach() != 0
 
 
 def parse_granularity_spec(text: str) -> GranularitySpec:
@@ -123,7 +125,7 @@ def resolve_densities(model: nn.Module, spec: DensitySpec) -> dict[str, float]:
     layers = prunable_layers(model)
     if isinstance(spec, StdThreshold):
         scales = resolve_per_layer(model, spec.scale, "std threshold")
-        return {name: _std_density(layers[name].weight, scale) for name, scale in scales.items()}
+        return {name: _std_density(layer_weight(layers[name]), scale) for name, scale in scales.items()}
     if isinstance(spec, Mapping):
         densities = resolve_per_layer(model, spec, "density")
         for density in densities.values():
@@ -140,12 +142,12 @@ def _std_density(weight: torch.Tensor, scale: float) -> float:
 
 def _global_densities(layers: Mapping[str, nn.Module], density: float) -> dict[str, float]:
     _check_density(density)
-    magnitudes = torch.cat([m.weight.detach().abs().flatten() for m in layers.values()])
+    magnitudes = torch.cat([layer_weight(m).detach().abs().flatten() for m in layers.values()])
     keep = torch.zeros_like(magnitudes, dtype=torch.bool)
     keep[torch.topk(magnitudes, round(density * magnitudes.numel()), sorted=False).indices] = True
     densities, start = {}, 0
     for name, module in layers.items():
-        count = module.weight.numel()
+        count = layer_weight(module).numel()
         densities[name] = max(int(keep[start : start + count].sum()), 1) / count
         start += count
     return densities
@@ -166,7 +168,7 @@ def prune(model: nn.Module, spec: DensitySpec, granularity: GranularitySpec = "w
         module = layers[name]
         allowed = current_mask(module)
         kept = allowed.float().mean().item()
-        mask = magnitude_mask(module.weight, min(density, kept), allowed, granularities.get(name, "weight"))
+        mask = magnitude_mask(layer_weight(module), min(density, kept), allowed, granularities.get(name, "weight"))
         set_mask(module, mask)
         reached[name] = mask.float().mean().item()
     return reached
@@ -175,12 +177,12 @@ def prune(model: nn.Module, spec: DensitySpec, granularity: GranularitySpec = "w
 def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
     """Give ``module.weight`` the pruning mask ``mask`` (replacing any mask it already has)."""
     if parametrize.is_parametrized(module, "weight"):
-        for parametrization in module.parametrizations.weight:
+        for parametrization in weight_parametrizations(module):
             if isinstance(parametrization, PruningMask):
                 parametrization.mask.copy_(mask)
                 return
         bake_module(module)
-    parametrize.register_parametrization(module, "weight", PruningMask(mask.to(module.weight.device)))
+    parametrize.register_parametrization(module, "weight", PruningMask(mask.to(layer_weight(module).device)))
 
 
 def iterative_prune(

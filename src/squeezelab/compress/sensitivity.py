@@ -27,7 +27,7 @@ from tqdm import tqdm
 from squeezelab.train import evaluate
 from squeezelab.utils.files import atomic_write_text
 
-from .layers import prunable_layers, resolve_per_layer
+from .layers import layer_weight, prunable_layers, resolve_per_layer
 from .pruning import current_mask, magnitude_mask, plain_copy, set_mask, strip_module
 from .sharing import share_weights
 from .sqz import layer_bytes, non_weight_bytes
@@ -212,7 +212,7 @@ def _apply(module: nn.Module, kind: str, value: float, granularity: str) -> None
         share_weights(module, int(value))
         return
     allowed = current_mask(module)
-    set_mask(module, magnitude_mask(module.weight, min(value, allowed.float().mean().item()), allowed, granularity))
+    set_mask(module, magnitude_mask(layer_weight(module), min(value, allowed.float().mean().item()), allowed, granularity))
 
 
 def allocate(

@@ -16,19 +16,20 @@ accuracy that no centroid move recovers, so ``shared_training="latent"`` fine-tu
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, TypeVar
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .kmeans import kmeans_1d_many
-from .layers import parse_per_layer, prunable_layers, resolve_per_layer
+from .layers import layer_weight, parse_per_layer, prunable_layers, resolve_per_layer, weight_parametrizations
 from .pruning import bake_module, current_mask
 
 MAX_BITS = 16
 CENTROID_UPDATES = ("sum", "mean")
 SHARED_TRAININGS = ("centroids", "latent")
+P = TypeVar("P", bound=nn.Module)
 
 
 class _ScaledGradient(torch.autograd.Function):
@@ -48,6 +49,11 @@ class _ScaledGradient(torch.autograd.Function):
 class WeightSharing(nn.Module):
     """Parametrization ``weight = codebook[indices] * mask`` (the input weight is ignored); ``centroid_update``
     is ``"mean"`` or ``"sum"`` (Han et al.) of the gradients of the weights sharing a centroid."""
+
+    # buffers (declared for type checkers)
+    indices: torch.Tensor
+    mask: torch.Tensor
+    gradient_scale: torch.Tensor
 
     def __init__(
         self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, centroid_update: str = "mean"
@@ -85,6 +91,10 @@ class LatentWeightSharing(nn.Module):
     moves, and :meth:`assign` gives the indices the forward uses.
     """
 
+    # buffers (declared for type checkers)
+    codebook: torch.Tensor
+    mask: torch.Tensor
+
     def __init__(self, codebook: torch.Tensor, mask: torch.Tensor) -> None:
         super().__init__()
         # sorted, nearest-centroid assignment is a search between midpoints; a k-means step keeps the order
@@ -121,9 +131,9 @@ def weight_sharing(module: nn.Module) -> WeightSharing | None:
     return _weight_parametrization(module, WeightSharing)
 
 
-def _weight_parametrization(module: nn.Module, kind: type) -> nn.Module | None:
+def _weight_parametrization(module: nn.Module, kind: type[P]) -> P | None:
     if parametrize.is_parametrized(module, "weight"):
-        for parametrization in module.parametrizations.weight:
+        for parametrization in weight_parametrizations(module):
             if isinstance(parametrization, kind):
                 return parametrization
     return None
@@ -155,7 +165,7 @@ def planned_sharing(modules: list[nn.Module], bits: list[int], init: str = "opti
         if not 1 <= value <= MAX_BITS:
             raise ValueError(f"bits must be in 1..{MAX_BITS}, got {value}")
     masks = [current_mask(module).cpu() for module in modules]
-    kept = [module.weight.detach().cpu()[mask].numpy() for module, mask in zip(modules, masks)]
+    kept = [layer_weight(module).detach().cpu()[mask].numpy() for module, mask in zip(modules, masks)]
     clusterings = kmeans_1d_many(kept, [1 << value for value in bits], init=init)
     planned = []
     for mask, (codebook, labels) in zip(masks, clusterings):
@@ -170,12 +180,12 @@ def set_weight_sharing(
 ) -> WeightSharing:
     """Replace the layer's parametrizations by weight sharing with the given codebook and assignment."""
     bake_module(module)
-    device = module.weight.device
+    device = layer_weight(module).device
     sharing = WeightSharing(codebook.to(device), indices.to(device), mask.to(device), centroid_update)
     parametrize.register_parametrization(module, "weight", sharing)
     # the codebook replaces the ignored dense weight; a trainable but unused parameter would also stop
     # DistributedDataParallel ("parameters that were not used in producing loss")
-    module.parametrizations.weight.original.requires_grad_(False)
+    weight_parametrizations(module).original.requires_grad_(False)
     return sharing
 
 
@@ -183,7 +193,8 @@ def set_latent_sharing(module: nn.Module, codebook: torch.Tensor, mask: torch.Te
     """Replace the layer's parametrizations by quantization-aware weight sharing (:class:`LatentWeightSharing`)
     starting from ``codebook``; the current (masked) weight becomes the latent weight."""
     bake_module(module)
-    sharing = LatentWeightSharing(codebook.to(module.weight.device), mask.to(module.weight.device))
+    device = layer_weight(module).device
+    sharing = LatentWeightSharing(codebook.to(device), mask.to(device))
     parametrize.register_parametrization(module, "weight", sharing)
     return sharing
 
@@ -196,7 +207,7 @@ def fix_assignments(model: nn.Module, centroid_update: str = "mean") -> dict[str
     for name, module in prunable_layers(model).items():
         latent = _weight_parametrization(module, LatentWeightSharing)
         if latent is not None:
-            indices = latent.assign(module.parametrizations.weight.original) * latent.mask
+            indices = latent.assign(weight_parametrizations(module).original) * latent.mask
             fixed[name] = set_weight_sharing(module, latent.codebook, indices, latent.mask, centroid_update)
     return fixed
 

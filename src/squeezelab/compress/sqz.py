@@ -27,18 +27,18 @@ import random
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, cast
 
 import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
 
-from squeezelab.models.registry import ModelConfig, create_model
+from squeezelab.models.registry import ModelConfig, create_model, set_model_config
 from squeezelab.utils.files import atomic_write_bytes
 
 from .coding import EncodedStream, decode_stream, encode_symbols, entropy_bytes, symbol_counts
-from .layers import prunable_layers
+from .layers import layer_weight, prunable_layers
 from .positions import decode_positions, encode_positions, kernel_taps
 from .pruning import current_mask, plain_state_dict
 from .report import LayerSize, SizeReport
@@ -129,7 +129,7 @@ def non_weight_bytes(model: nn.Module, tensor_dtype: str = "float32", fold_batch
     _check_tensor_dtype(tensor_dtype)
     layers = prunable_layers(model)
     small = _SmallTensors.of(model, set(layers), tensor_dtype, fold_batch_norm)
-    entries = [_typical_layer_entry(name, tuple(module.weight.shape)) for name, module in layers.items()]
+    entries = [_typical_layer_entry(name, tuple(layer_weight(module).shape)) for name, module in layers.items()]
     return len(_assemble(_metadata(model, entries, small), small.sections))
 
 
@@ -235,7 +235,7 @@ def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: st
         _, sections, _ = _encode_layer("", sharing, index_coder, position_coder)
         return sum(len(section) for section in sections)
     mask = current_mask(module).cpu().numpy().ravel()
-    positions = 0 if mask.all() else encode_positions(mask, position_coder, kernel_taps(tuple(module.weight.shape))).nbytes
+    positions = 0 if mask.all() else encode_positions(mask, position_coder, kernel_taps(tuple(layer_weight(module).shape))).nbytes
     return 4 * int(mask.sum()) + positions
 
 
@@ -355,12 +355,12 @@ def batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     }
 
 
-def sole_convolution_inputs(model: nn.Module, norms: dict[str, nn.Module], require_bias: bool = True) -> dict[str, str]:
+def sole_convolution_inputs(model: nn.Module, norms: Mapping[str, nn.Module], require_bias: bool = True) -> dict[str, str]:
     """For each batch norm in ``norms`` whose input is the output of a convolution (a biased one unless
     ``require_bias`` is False) used by nothing else, that convolution's name (from the ``torch.fx`` graph)."""
     graph = torch.fx.symbolic_trace(model).graph
     modules = dict(model.named_modules())
-    inputs = {}
+    inputs: dict[str, str] = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in norms:
             continue
@@ -369,12 +369,13 @@ def sole_convolution_inputs(model: nn.Module, norms: dict[str, nn.Module], requi
             continue
         conv = modules[source.target]
         if isinstance(conv, nn.modules.conv._ConvNd) and (conv.bias is not None or not require_bias):
-            inputs[node.target] = source.target
+            # a call_module node's target is its module's name (typed str | Callable for other node kinds)
+            inputs[cast(str, node.target)] = cast(str, source.target)
     return inputs
 
 
 def _folded_state(
-    state: dict[str, torch.Tensor], norms: dict[str, nn.Module], conv_inputs: dict[str, str]
+    state: dict[str, torch.Tensor], norms: Mapping[str, nn.modules.batchnorm._BatchNorm], conv_inputs: dict[str, str]
 ) -> dict[str, torch.Tensor]:
     """``state`` with each batch norm in ``norms`` reduced to its eval-mode scale (as weight) and shift (as bias);
     the bias of the convolution in ``conv_inputs`` that feeds it moves into the shift (the bias becomes zero)."""
@@ -384,7 +385,7 @@ def _folded_state(
         conv_bias = state[f"{conv_inputs[name]}.bias"] if name in conv_inputs else 0.0
         state[f"{name}.bias"] = state[f"{name}.bias"] + (conv_bias - state[f"{name}.running_mean"]) * scale
         state[f"{name}.weight"] = scale
-        if name in conv_inputs:
+        if isinstance(conv_bias, torch.Tensor):  # a tensor exactly when name is in conv_inputs
             state[f"{conv_inputs[name]}.bias"] = torch.zeros_like(conv_bias)
         for buffer in ("running_mean", "running_var", "num_batches_tracked"):
             state.pop(f"{name}.{buffer}", None)
@@ -483,7 +484,7 @@ def _skeleton(metadata: dict[str, Any]) -> nn.Module:
     except ValueError as exc:
         raise CompressedFileError(f"cannot rebuild the model: {_first_line(exc)}") from None
     if metadata.get("default_cfg"):
-        model.default_cfg = ModelConfig.from_dict(metadata["default_cfg"])
+        set_model_config(model, ModelConfig.from_dict(metadata["default_cfg"]))
     return model
 
 

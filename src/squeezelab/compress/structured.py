@@ -24,11 +24,11 @@ import torch
 import torch.nn as nn
 
 from squeezelab.models.fire import Fire, FirePair
-from squeezelab.models.registry import create_model
+from squeezelab.models.registry import create_model, model_spec
 from squeezelab.models.squeezenet import FIRST_FIRE, SqueezeNet
 from squeezelab.models.squeezenext import INNER_CONVS, SqueezeNext, SqueezeNextBlock
 
-from .layers import resolve_per_layer
+from .layers import layer_weight, resolve_per_layer
 from .pruning import plain_state_dict
 
 Slices = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]  # module -> (kept outputs, kept inputs)
@@ -43,14 +43,15 @@ def prune_filters(model: nn.Module, keep: float | Mapping[str, float]) -> nn.Mod
     """
     if isinstance(model, SqueezeNext) and hasattr(model, "model_spec"):
         return _prune_squeezenext(model, keep)
-    fires = _fires(model)
-    prunable = _prunable_convs(model, fires)
-    kept = _kept_filters(model, prunable, keep)
-    kwargs = dict(model.model_spec.get("kwargs", {}))
+    squeezenet = _squeezenet(model)
+    fires = _fires(squeezenet)
+    prunable = _prunable_convs(squeezenet, fires)
+    kept = _kept_filters(squeezenet, prunable, keep)
+    kwargs = dict(model_spec(squeezenet).get("kwargs", {}))
     kwargs["fire_specs"] = [[len(kept[f"{p}.squeeze"]), *_expand_counts(fire, p, kept)] for p, fire in fires]
     kwargs["stem_channels"] = len(kept["features.0"])
     kwargs["fire_specs"] = _with_removed_fires(kwargs["fire_specs"], kwargs.get("remove_fires", ()))
-    return _rebuilt(model, kwargs, _slices(model, fires, kept))
+    return _rebuilt(squeezenet, kwargs, _slices(squeezenet, fires, kept))
 
 
 def _prune_squeezenext(model: SqueezeNext, keep: float | Mapping[str, float]) -> nn.Module:
@@ -66,7 +67,7 @@ def _prune_squeezenext(model: SqueezeNext, keep: float | Mapping[str, float]) ->
             slices[f"{name}.body.{conv}.bn"] = (outputs, None)
             previous = outputs
         slices[f"{name}.body.expand.conv"] = (None, previous)
-    kwargs = dict(model.model_spec.get("kwargs", {}))
+    kwargs = dict(model_spec(model).get("kwargs", {}))
     kwargs["block_widths"] = [[len(kept[f"{name}.body.{conv}.conv"]) for conv in INNER_CONVS] for name, _ in blocks]
     return _rebuilt(model, kwargs, slices)
 
@@ -78,26 +79,36 @@ def _kept_filters(model: nn.Module, prunable: list[str], keep: float | Mapping[s
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"keep fraction for {name} must be in (0, 1], got {fraction}")
     # module.weight is the effective (masked / shared) weight, as in plain_state_dict, without copying the model
-    return {name: _strongest_filters(model.get_submodule(name).weight, fractions.get(name, 1.0)) for name in prunable}
+    return {name: _strongest_filters(layer_weight(model.get_submodule(name)), fractions.get(name, 1.0)) for name in prunable}
 
 
 def _rebuilt(model: nn.Module, kwargs: dict, slices: Slices) -> nn.Module:
     """The registry's model of the same name built with ``kwargs``, holding ``model``'s sliced weights."""
-    smaller = create_model(model.model_spec["name"], **kwargs)
+    smaller = create_model(model_spec(model)["name"], **kwargs)
     smaller.load_state_dict(_sliced_state(plain_state_dict(model), slices, smaller.state_dict()))
     smaller.default_cfg = model.default_cfg
     return smaller.train(model.training)
 
 
-def _fires(model: nn.Module) -> list[tuple[str, Fire]]:
+def _squeezenet(model: nn.Module) -> SqueezeNet:
     if not isinstance(model, SqueezeNet) or not hasattr(model, "model_spec"):
         raise ValueError("structured pruning needs a SqueezeNet or SqueezeNext model built by squeezelab.create_model")
+    return model
+
+
+def _fires(model: SqueezeNet) -> list[tuple[str, Fire]]:
     if any(isinstance(m, FirePair) for m in model.features):
         raise ValueError("structured pruning supports plain Fire modules only (not fire_pairing models)")
     fires = [(f"features.{i}", m) for i, m in enumerate(model.features) if isinstance(m, Fire)]
-    if not isinstance(model.features[0], nn.Conv2d):
-        raise ValueError("structured pruning expects the stem convolution at features.0")
+    _stem(model)  # raises unless features.0 is a convolution
     return fires
+
+
+def _stem(model: SqueezeNet) -> nn.Conv2d:
+    stem = model.features[0]
+    if not isinstance(stem, nn.Conv2d):
+        raise ValueError("structured pruning expects the stem convolution at features.0")
+    return stem
 
 
 def _prunable_convs(model: nn.Module, fires: list[tuple[str, Fire]]) -> list[str]:
@@ -123,7 +134,7 @@ def _all(count: int) -> torch.Tensor:
 def _slices(model: SqueezeNet, fires: list[tuple[str, Fire]], kept: dict[str, torch.Tensor]) -> Slices:
     """Which output and input channels of every conv / batch norm survive, following the data flow."""
     slices: Slices = {}
-    stem = model.features[0]
+    stem = _stem(model)
     flowing = kept.get("features.0", _all(stem.out_channels))
     slices["features.0"] = (flowing, None)
     if isinstance(model.features[1], nn.BatchNorm2d):

@@ -9,7 +9,6 @@ so augmentation is reproducible and a resumed run sees the same crops as an unin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch.utils.data import get_worker_info
@@ -184,5 +183,5 @@ def _stack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(images, targets, indices)``: indices only where the data set gathered the batch itself."""
     if isinstance(batch, tuple) and isinstance(batch[0], torch.Tensor) and batch[0].dim() == 4:
         return batch  # already gathered by InMemoryImages.__getitems__
-    images: Sequence[torch.Tensor] = [item[0] for item in batch]
+    images: list[torch.Tensor] = [item[0] for item in batch]
     return torch.stack(images), torch.as_tensor([int(item[1]) for item in batch], dtype=torch.int64), None

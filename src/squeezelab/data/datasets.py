@@ -14,7 +14,7 @@ import difflib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Sized, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -76,7 +76,7 @@ class DatasetSplits:
 
     def describe(self) -> str:
         sizes = ", ".join(
-            f"{len(ds):,} {split}" for split, ds in (("train", self.train), ("val", self.val), ("test", self.test)) if ds is not None
+            f"{len(cast(Sized, ds)):,} {split}" for split, ds in (("train", self.train), ("val", self.val), ("test", self.test)) if ds is not None
         )
         return f"{self.name}: {sizes}; input {'x'.join(map(str, self.input_size))}; {self.num_classes} classes"
 
@@ -326,10 +326,13 @@ def _file_splits(
     def files(images: ImageList, transform) -> FileImages:
         return FileImages(images, transform, request.in_chans)
 
-    test_list = pools.test.select(_limited(len(pools.test), request.limit))
-    if pools.train is None:
+    test, train = pools.test, pools.train
+    if not isinstance(test, ImageList) or not (train is None or isinstance(train, ImageList)):
+        raise TypeError("file-backed splits need file lists (in-memory pools are split in memory)")
+    test_list = test.select(_limited(len(test), request.limit))
+    if train is None:
         return None, None, files(test_list, eval_tf), None
-    pool = pools.train.select(_limited(len(pools.train), request.limit))
+    pool = train.select(_limited(len(train), request.limit))
     if val_fraction == 0:
         return files(pool, train_tf), None, files(test_list, eval_tf), None
     kept, held = stratified_split(torch.as_tensor(pool.targets), val_fraction, seed)
@@ -424,13 +427,16 @@ def _find_folder_layout(root: Path | None, child_names: Sequence[str]) -> Path |
 
 
 def _folder_pools(root: Path) -> _Pools:
-    train_dir, test_dir = split_folders(root)
+    folders = split_folders(root)
+    if folders is None:
+        raise FileNotFoundError(f"{root}: has no 'train' and 'test' folders")
+    train_dir, test_dir = folders
     train = scan_class_folders(train_dir)
     return _Pools(train, scan_class_folders(test_dir, train.class_names), train.class_names)
 
 
 def _load_imagefolder(request: _Request) -> _Pools:
-    root = request.root
+    root = _required_root(request)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     if split_folders(root) is not None:
@@ -439,8 +445,14 @@ def _load_imagefolder(request: _Request) -> _Pools:
     return _with_fixed_test_split(images, request.test_fraction, images.class_names)
 
 
+def _required_root(request: _Request) -> Path:
+    if request.root is None:
+        raise ValueError("this data set needs a root folder")
+    return request.root
+
+
 def _load_imagenet(request: _Request) -> _Pools:
-    folder = request.root
+    folder = _required_root(request)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     splits = split_folders(folder)

@@ -78,10 +78,10 @@ def split_folders(root: Path) -> tuple[Path, Path] | None:
     test = next((root / name for name in TEST_SPLIT_NAMES if (root / name).is_dir()), None)
     if not train.is_dir() and test is None:
         return None
-    if not train.is_dir():
-        raise FileNotFoundError(f"{root}: has a '{test.name}' folder but no 'train' folder")
     if test is None:
         raise FileNotFoundError(f"{root}: has a 'train' folder but no 'test' (or 'val') folder")
+    if not train.is_dir():
+        raise FileNotFoundError(f"{root}: has a '{test.name}' folder but no 'train' folder")
     return train, test
 
 

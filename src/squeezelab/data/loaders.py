@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Sized, cast
 
 import numpy as np
 import torch
@@ -84,7 +85,7 @@ def build_loaders(
     workers = default_workers(splits) if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    options = {
+    options: dict[str, Any] = {
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
         "seed": seed,
@@ -95,19 +96,19 @@ def build_loaders(
     def evaluation(dataset: Dataset | None) -> EpochLoader | None:
         if dataset is None:
             return None
-        sampler = _shard(len(dataset)) if distributed else None
+        sampler = _shard(len(cast(Sized, dataset))) if distributed else None
         return EpochLoader(
             dataset, batch_size=eval_batch, sampler=sampler, collate_fn=BatchCollate(normalization), sharded=distributed, **options
         )
 
     train = None
     if splits.train is not None:
-        drop = drop_last and len(splits.train) >= batch_size * (dist.get_world_size() if distributed else 1)
+        drop = drop_last and len(cast(Sized, splits.train)) >= batch_size * (dist.get_world_size() if distributed else 1)
         collate = BatchCollate(normalization, splits.augment)
         if distributed:
-            sampler = DistributedSampler(splits.train, shuffle=True, seed=seed, drop_last=drop)
+            shards: DistributedSampler = DistributedSampler(splits.train, shuffle=True, seed=seed, drop_last=drop)
             train = EpochLoader(
-                splits.train, batch_size=batch_size, sampler=sampler, drop_last=drop, collate_fn=collate,
+                splits.train, batch_size=batch_size, sampler=shards, drop_last=drop, collate_fn=collate,
                 generator=torch.Generator(), sharded=True, **options,
             )
         else:

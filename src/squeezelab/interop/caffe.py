@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from squeezelab.models import ModelConfig, create_model
+from squeezelab.models.registry import set_model_config
 
 from .classes import imagenet_class_names
 
@@ -138,14 +139,14 @@ def decode_caffe_compressed(path: str | os.PathLike) -> list[CompressedLayer]:
 def _decode_layer(
     path: Path, data: bytes, offset: int, caffe_name: str, module_name: str, conv: nn.Conv2d, count: int
 ) -> tuple[CompressedLayer, int]:
-    shape = tuple(conv.weight.shape)
+    out_channels, in_channels, kh, kw = conv.weight.shape  # a Conv2d weight: (out, in, kh, kw)
+    shape = (out_channels, in_channels, kh, kw)
     numel = int(np.prod(shape))
     if not 0 < count <= numel:
         raise ValueError(
             f"{path}: layer {caffe_name} claims {count} stored entries for a {numel}-weight tensor "
             "(not a Deep Compression SqueezeNet v1.0 file)"
         )
-    out_channels = shape[0]
     sizes = (4 * CODEBOOK_SIZE, 4 * out_channels, count, (count + 1) // 2)
     if offset + sum(sizes) > len(data):
         raise ValueError(f"{path}: truncated in layer {caffe_name} ({len(data)} bytes)")
@@ -257,7 +258,7 @@ def import_caffe_compressed(
             conv.weight.copy_(torch.from_numpy(layer.dense_weight()))
             conv.bias.copy_(torch.from_numpy(layer.bias))
     names = tuple(class_names) if class_names is not None else imagenet_class_names()
-    model.default_cfg = _with_class_names(CAFFE_SQUEEZENET_CFG, names)
+    set_model_config(model, _with_class_names(CAFFE_SQUEEZENET_CFG, names))
     return model.eval()
 
 

@@ -14,6 +14,7 @@ from squeezelab.data.folders import is_image_file
 from squeezelab.data.images import ImageDecodeError, load_pil_image
 from squeezelab.data.transforms import eval_transform
 from squeezelab.models import ModelConfig
+from squeezelab.models.registry import model_config
 
 from .classes import config_class_names
 
@@ -58,7 +59,7 @@ def classify_files(
     ``cfg`` (default ``model.default_cfg``) gives the preprocessing; ``model`` may be a PyTorch model or an
     :class:`~squeezelab.interop.runtime.OnnxModel`.
     """
-    cfg = cfg or model.default_cfg
+    cfg = cfg or model_config(model)
     names = tuple(class_names) if class_names is not None else config_class_names(cfg)
     transform = eval_transform(cfg)
     result = ClassifyResult()

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from squeezelab.models import ModelConfig
+from squeezelab.models.registry import model_config
 
 from .loading import load_any_model
 from .onnx_export import export_onnx, onnx_metadata
@@ -104,8 +105,8 @@ def deploy(
         precision = onnx_metadata(path).get("squeezelab.precision", "fp32")
         return Deployment(model, "int8" if precision == "int8" else "onnx", model.default_cfg, path)
     if backend == "eager" or (backend == "auto" and not onnxruntime_available()):
-        model = load_any_model(path, arch=arch)
-        return Deployment(model, "eager", model.default_cfg)
+        eager = load_any_model(path, arch=arch)
+        return Deployment(eager, "eager", model_config(eager))
     source_hash = file_sha256(path)
     sidecars = sidecar_paths(path)
     chosen = backend
@@ -143,7 +144,7 @@ def _build_sidecars(
                 f"{path}: no int8 export cached at {sidecars['int8']}; give calibration images (--calibration DIR) "
                 "to build it"
             )
-        batch = calibration_batch(calibration, model.default_cfg, calibration_count, progress=progress)
+        batch = calibration_batch(calibration, model_config(model), calibration_count, progress=progress)
         quantize_int8(
             sidecars["onnx"],
             sidecars["int8"],

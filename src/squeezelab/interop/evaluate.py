@@ -18,6 +18,7 @@ from tqdm import tqdm
 from squeezelab.data.folders import FileImages, ImageList, read_class_table, scan_class_folders, scan_flat_imagenet
 from squeezelab.data.transforms import eval_transform
 from squeezelab.models import ModelConfig
+from squeezelab.models.registry import model_config
 
 IMAGENET_CLASS_TABLE = "imagenet_classes.tsv"
 
@@ -52,7 +53,7 @@ def topk_accuracy(
     progress: bool = True,
 ) -> dict[str, float]:
     """``{"top1", "top5", "images"}`` (percentages) of ``model`` on ``images``, preprocessed as ``cfg`` says."""
-    return topk_accuracies({"model": model}, images, cfg or model.default_cfg, batch_size, progress)["model"]
+    return topk_accuracies({"model": model}, images, cfg or model_config(model), batch_size, progress)["model"]
 
 
 @torch.inference_mode()

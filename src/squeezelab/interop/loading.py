@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from squeezelab.models import create_model
 from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record
+from squeezelab.models.registry import model_config, set_model_config
 from squeezelab.utils.files import safe_torch_load
 
 from .caffe import import_caffe_compressed
@@ -103,8 +104,9 @@ def model_from_state_dict(
     if mismatch:
         raise ValueError(f"{source}: weights do not fit {arch}: {mismatch}")
     model.load_state_dict(state_dict, strict=True)
-    if model.default_cfg.num_classes == IMAGENET_NUM_CLASSES and not model.default_cfg.class_names:
-        model.default_cfg = replace(model.default_cfg, class_names=imagenet_class_names())
+    cfg = model_config(model)
+    if cfg.num_classes == IMAGENET_NUM_CLASSES and not cfg.class_names:
+        set_model_config(model, replace(cfg, class_names=imagenet_class_names()))
     return model.eval()
 
 

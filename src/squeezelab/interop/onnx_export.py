@@ -86,7 +86,7 @@ def _export_to_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynami
         torch.onnx.export(
             model,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects; the stubs say paths only
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],

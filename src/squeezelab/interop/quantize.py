@@ -99,7 +99,7 @@ def _calibration_images(files: Iterator[Path], cfg: ModelConfig) -> Iterator[Ima
 
 
 def _readable(files: Iterator[Path], in_chans: int, count: int) -> list[Image.Image]:
-    images = []
+    images: list[Image.Image] = []
     for path in files:
         if len(images) == count:
             break

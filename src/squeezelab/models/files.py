@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from squeezelab.utils.files import atomic_torch_save, safe_torch_load
 
-from .registry import ModelConfig, create_model
+from .registry import ModelConfig, create_model, set_model_config
 
 MODEL_FILE_FORMAT = "squeezelab-model"
 MODEL_FILE_VERSION = 1
@@ -57,7 +57,7 @@ def model_from_record(record: dict[str, Any], source: str = "model file") -> nn.
     except RuntimeError as exc:
         raise ValueError(f"{source}: weights do not fit {spec['name']}: {str(exc).splitlines()[0]}") from None
     if record.get("default_cfg"):
-        model.default_cfg = ModelConfig.from_dict(record["default_cfg"])
+        set_model_config(model, ModelConfig.from_dict(record["default_cfg"]))
     return model
 
 

@@ -132,9 +132,31 @@ def create_model(
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as exc:
         raise ValueError(f"model {name!r}: {exc}") from None
-    model.default_cfg = _adapted_config(cfg, num_classes, in_chans)
-    model.model_spec = {"name": name, "kwargs": {"num_classes": num_classes, "in_chans": in_chans, **kwargs}}
+    set_model_config(model, _adapted_config(cfg, num_classes, in_chans))
+    # setattr: nn.Module.__setattr__ is typed for tensors and modules only (see set_model_config)
+    setattr(model, "model_spec", {"name": name, "kwargs": {"num_classes": num_classes, "in_chans": in_chans, **kwargs}})
     return model
+
+
+def model_config(model: nn.Module) -> ModelConfig:
+    """``model.default_cfg``, typed: through ``nn.Module.__getattr__`` type checkers see ``Tensor | Module``."""
+    cfg = getattr(model, "default_cfg", None)
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError("model has no default_cfg: build it with squeezelab.create_model or load a model file")
+    return cfg
+
+
+def set_model_config(model: nn.Module, cfg: ModelConfig) -> None:
+    """Set ``model.default_cfg`` (with ``setattr``: ``nn.Module.__setattr__`` is typed for tensors and modules only)."""
+    setattr(model, "default_cfg", cfg)
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """``model.model_spec`` (``{"name": ..., "kwargs": {...}}``), typed as :func:`model_config` is."""
+    spec = getattr(model, "model_spec", None)
+    if not isinstance(spec, dict):
+        raise ValueError("model has no model_spec: build it with squeezelab.create_model")
+    return spec
 
 
 def _adapted_config(cfg: ModelConfig, num_classes: int, in_chans: int) -> ModelConfig:

@@ -23,6 +23,7 @@ import torch
 from squeezelab.bench.timing import interleaved_timings
 from squeezelab.compress import DEEP_COMPRESSION_DENSITIES, prune, quantize, save_compressed
 from squeezelab.models import count_macs, count_params
+from squeezelab.models.registry import model_config
 from squeezelab.train import TrainConfig, train_from_config
 from squeezelab.utils.optional import require
 
@@ -268,9 +269,10 @@ def _suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, axis in spec.axes.items():
         if isinstance(axis, Range):
-            suggest = trial.suggest_int if axis.integer else trial.suggest_float
-            low, high = (int(axis.low), int(axis.high)) if axis.integer else (axis.low, axis.high)
-            params[name] = suggest(name, low, high, log=axis.log)
+            if axis.integer:
+                params[name] = trial.suggest_int(name, int(axis.low), int(axis.high), log=axis.log)
+            else:
+                params[name] = trial.suggest_float(name, axis.low, axis.high, log=axis.log)
         else:
             params[name] = _decode(name, trial.suggest_categorical(name, [_encode(v) for v in axis]), spec)
     params["seed"] = trial.suggest_categorical("seed", spec.seeds)
@@ -303,7 +305,7 @@ def run_trial(spec: StudySpec, params: dict[str, Any], run_dir: Path, progress: 
     start = time.perf_counter()
     result = train_from_config(config, run_dir, resume=resume, progress=progress, log=None)
     model = result.model.eval()
-    input_size = tuple(model.default_cfg.input_size)
+    input_size = model_config(model).input_size
     metrics: dict[str, Any] = {
         "params": count_params(model),
         "fp32_bytes": 4 * count_params(model),

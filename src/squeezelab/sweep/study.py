@@ -27,7 +27,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from squeezelab.train import TrainConfig
 from squeezelab.utils.files import read_mapping
@@ -79,7 +79,8 @@ class StudySpec:
         TrainConfig.from_dict(self.base, source=f"{self.source}: base")
 
     def _check_per_model(self) -> None:
-        models = set(self.axes.get("model") or []) | {self.base.get("model")}
+        # (a model axis is a value list; the cast only informs mypy)
+        models = set(cast(list[Any], self.axes.get("model") or [])) | {self.base.get("model")}
         for model, settings in self.per_model.items():
             if model not in models:
                 raise ValueError(f"{self.source}: per_model names {model!r}, which is not a model of this study")
@@ -92,7 +93,8 @@ class StudySpec:
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a grid study (without seeds), in a stable order."""
         names = list(self.axes)
-        return [dict(zip(names, values)) for values in itertools.product(*(self.axes[n] for n in names))]
+        # (__post_init__ rejects Range axes in a grid study: every axis is a list of values)
+        return [dict(zip(names, values)) for values in itertools.product(*(cast(list[Any], self.axes[n]) for n in names))]
 
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         """The base config with a trial's axis values, then its model's ``per_model`` settings, applied."""

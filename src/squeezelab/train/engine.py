@@ -12,7 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from squeezelab.data import DatasetSplits, InMemoryImages, Loaders, build_loaders, epoch_seed
 from squeezelab.models.profile import count_params
-from squeezelab.models.registry import ModelConfig
+from squeezelab.models.registry import ModelConfig, set_model_config
 
 from .averaging import WeightAverage
 from .checkpoint import BEST, LAST, load_checkpoint, load_trained_model, load_weights
@@ -126,7 +126,7 @@ def fit(
     if state.epoch < config.epochs:  # a finished run being resumed only reloads its best weights
         say(f"training {config.model} on {loaders.splits.describe()} | {device}, amp {_dtype_name(amp)}, "
             f"{count_params(model):,} parameters, {config.epochs} epochs")
-    dead_outputs = _DeadOutputWatch(loaders.splits.class_names)
+    dead_outputs = _DeadOutputWatch(list(loaders.splits.class_names))
     try:
         for epoch in range(state.epoch, config.epochs):
             epoch_start = time.perf_counter()
@@ -199,7 +199,7 @@ def _initialise(model: nn.Module, config: TrainConfig, splits: DatasetSplits) ->
         fit_patch_whitening(first_conv(model), images)
 
 
-def _prepare_parameters(model: nn.Module, config: TrainConfig) -> Callable[[int], list[nn.Parameter]]:
+def _prepare_parameters(model: nn.Module, config: TrainConfig) -> Callable[[int], list[torch.Tensor]]:
     """Freeze what the config freezes; returns ``epoch -> parameters whose gradients are dropped``.
 
     A parameter that trains for some epochs only (the whitening bias) keeps ``requires_grad``, so that
@@ -212,10 +212,10 @@ def _prepare_parameters(model: nn.Module, config: TrainConfig) -> Callable[[int]
     conv = first_conv(model)
     if config.whitening == "frozen":
         conv.weight.requires_grad_(False)
-    bias_epochs = config.whitening_bias_epochs
-    if conv.bias is None or bias_epochs is None:
+    bias, bias_epochs = conv.bias, config.whitening_bias_epochs
+    if bias is None or bias_epochs is None:
         return lambda epoch: []
-    return lambda epoch: [conv.bias] if epoch >= bias_epochs else []
+    return lambda epoch: [bias] if epoch >= bias_epochs else []
 
 
 def _weight_average(config: TrainConfig, total_steps: int) -> WeightAverage | None:
@@ -257,7 +257,7 @@ def _record_preprocessing(model: nn.Module, splits: DatasetSplits) -> None:
     if isinstance(cfg, ModelConfig):
         if cfg.num_classes != splits.num_classes:
             raise ValueError(f"the model outputs {cfg.num_classes} classes but {splits.name} has {splits.num_classes}")
-        model.default_cfg = splits.model_config(cfg)
+        set_model_config(model, splits.model_config(cfg))
 
 
 def _resolved(config: TrainConfig, model: nn.Module, splits: DatasetSplits) -> TrainConfig:
@@ -290,7 +290,7 @@ def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, dist_info
             wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
         wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        wrapped = torch.compile(wrapped)
+        wrapped = cast(nn.Module, torch.compile(wrapped))
     return wrapped
 
 
@@ -343,7 +343,7 @@ def training_loss(config: TrainConfig, teacher: nn.Module | None, device: torch.
 
 def _train_epoch(
     model, loader, criterion: Loss, optimizer, scheduler, scaler, config: TrainConfig, device, amp, epoch: int, show_bar: bool,
-    *, averager: WeightAverage | None = None, plain_model: nn.Module | None = None, no_grad_params: list[nn.Parameter] | None = None,
+    *, averager: WeightAverage | None = None, plain_model: nn.Module | None = None, no_grad_params: list[torch.Tensor] | None = None,
 ) -> dict:
     """One epoch of training; ``plain_model`` is ``model`` without its DDP/compile wrapper (for averaging)."""
     model.train()
@@ -487,9 +487,9 @@ def _save_epoch(
 
 
 def _resume(run: RunDir, model, optimizer, scheduler, scaler, averager: WeightAverage | None, config: TrainConfig, say) -> _State:
-    last = run.file(LAST)
-    if last is None:
+    if run.path is None:
         raise ValueError("resume needs a run directory")
+    last = run.path / LAST
     if not last.is_file():
         raise FileNotFoundError(f"{last}: no checkpoint to resume from")
     record = load_checkpoint(last)
@@ -502,7 +502,7 @@ def _resume(run: RunDir, model, optimizer, scheduler, scaler, averager: WeightAv
     optimizer.load_state_dict(record["optimizer"])
     scheduler.load_state_dict(record["scheduler"])
     scaler.load_state_dict(record["scaler"])
-    best_file = run.file(BEST)
+    best_file = run.path / BEST
     best_weights = load_checkpoint(best_file)["state_dict"] if best_file.is_file() else None
     state = _State(record["epoch"], list(record["history"]), record["best_epoch"], record["best_val_top1"], best_weights, record.get("seconds", 0.0))
     say(f"resuming {run.path} after epoch {state.epoch}")

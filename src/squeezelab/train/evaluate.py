@@ -96,8 +96,9 @@ class _Tally:
         self.confusion: torch.Tensor | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.top5 = torch.zeros((), dtype=torch.int64, device=device)
-        self.logit_min: torch.Tensor | None = None
-        self.logit_max: torch.Tensor | None = None
+        # per-class extremes of the logits, sized at the first batch (when the class count is known)
+        self.logit_min = torch.empty(0, device=device)
+        self.logit_max = torch.empty(0, device=device)
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.dim() != 2:

@@ -41,10 +41,15 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, betas=tuple(config.betas))
+        return torch.optim.Adam(groups, lr=config.lr, betas=_betas(config))
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+        return torch.optim.AdamW(groups, lr=config.lr, betas=_betas(config))
     return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum)
+
+
+def _betas(config: TrainConfig) -> tuple[float, float]:
+    beta1, beta2 = config.betas
+    return beta1, beta2
 
 
 def optimizer_steps_per_epoch(batches_per_epoch: int, accumulate: int) -> int:

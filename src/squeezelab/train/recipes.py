@@ -10,6 +10,7 @@ import torch
 
 from squeezelab.data import DatasetSplits, build_datasets, build_loaders, dataset_options_from_config
 from squeezelab.models import create_model, get_model_config
+from squeezelab.models.registry import model_config
 from squeezelab.utils.files import safe_torch_load
 
 from .checkpoint import trained_model_from_record
@@ -138,7 +139,7 @@ def evaluate_checkpoint(
     record = safe_torch_load(checkpoint) if model is None else {}
     if model is None:
         model = trained_model_from_record(record, str(checkpoint), model_name)
-    options = dataset_options_from_config(model.default_cfg)
+    options = dataset_options_from_config(model_config(model))
     if input_size is not None:
         options["input_size"] = tuple(input_size[-2:])
     run_config = record.get("config", {}) if isinstance(record, dict) else {}

@@ -41,33 +41,38 @@ class RunDir:
 
     def __init__(self, path: str | Path | None, enabled: bool = True) -> None:
         self.path = Path(path) if path is not None else None
-        self.enabled = enabled and self.path is not None
-        if self.enabled:
-            self.path.mkdir(parents=True, exist_ok=True)
+        # where this process writes: the run's folder, or None when it writes nothing
+        self._folder = self.path if enabled else None
+        if self._folder is not None:
+            self._folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self._folder is not None
 
     def file(self, name: str) -> Path | None:
         return self.path / name if self.path is not None else None
 
     def write_config(self, config: TrainConfig) -> None:
-        if self.enabled:
-            config.save(self.path / CONFIG)
+        if self._folder is not None:
+            config.save(self._folder / CONFIG)
 
     def write_epoch(self, history: Sequence[dict], title: str) -> None:
-        if not self.enabled:
+        if self._folder is None:
             return
-        atomic_write_text(self.path / METRICS, _csv_text(METRIC_COLUMNS, [[_cell(row.get(c)) for c in METRIC_COLUMNS] for row in history]))
-        plot_curves(history, self.path / CURVES, title)
+        atomic_write_text(self._folder / METRICS, _csv_text(METRIC_COLUMNS, [[_cell(row.get(c)) for c in METRIC_COLUMNS] for row in history]))
+        plot_curves(history, self._folder / CURVES, title)
 
     def write_checkpoint(self, name: str, model: nn.Module, **state: Any) -> None:
-        if self.enabled:
-            save_checkpoint(self.path / name, model, **state)
+        if self._folder is not None:
+            save_checkpoint(self._folder / name, model, **state)
 
     def write_results(self, results: dict[str, Any], confusion: list[list[int]] | None, class_names: Sequence[str]) -> None:
-        if not self.enabled:
+        if self._folder is None:
             return
-        atomic_write_text(self.path / RESULTS, json.dumps(results, indent=2) + "\n")
+        atomic_write_text(self._folder / RESULTS, json.dumps(results, indent=2) + "\n")
         if confusion is not None:
-            write_confusion(self.path, confusion, class_names, f"test confusion ({results.get('model', '')})")
+            write_confusion(self._folder, confusion, class_names, f"test confusion ({results.get('model', '')})")
 
 
 def write_confusion(folder: Path, confusion: list[list[int]], class_names: Sequence[str], title: str = "") -> None:
