@@ -9,9 +9,10 @@ execute one after the other (never two at once on the two cores) and the table c
 * ``fast``: ``squeezelab train --config experiments/train/cifar10_fast.yaml`` (squeezenet_fast_cifar);
 * optionally the same recipe on other models (``--also squeezenet1_1_cifar``).
 
-Finished runs are kept in ``--out`` (one JSON each) and not run again, so an interrupted benchmark
-continues where it stopped; ``--fresh`` starts over. Output: results.csv, results.md, results.json and
-results.png (test top-1 with TTA against wall time, one point per run) in ``--out``.
+Run folders, logs and one JSON row per finished run go to ``--runs`` (outside version control); a finished
+run is not run again, so an interrupted benchmark continues where it stopped; ``--fresh`` starts over.
+Output: results.csv, results.md, results.json and results.png (test top-1 with TTA against wall time, one
+point per run) in ``--out``.
 
     python benchmarks/cifar10_fast.py --seeds 0 1 2 --out benchmarks/results/cifar10_fast
 """
@@ -155,14 +156,16 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE overrides of the recipe (all fast runs)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar10_fast")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "cifar10_fast", help="run folders and finished rows")
     parser.add_argument("--fresh", action="store_true", help="forget finished runs in --out and run everything again")
     args = parser.parse_args()
     if not (args.data / "cifar10-jpeg").is_dir():
         raise SystemExit(f"{args.data / 'cifar10-jpeg'}: no CIFAR-10 JPEG copy there (give --data)")
-    folder = args.out / "runs"
+    folder = args.runs
     if args.fresh and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
     decode_s = decode_once(args.data)

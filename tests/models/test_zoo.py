@@ -94,3 +94,20 @@ def test_model_files_rebuild_variants_from_their_spec(tmp_path, name, kwargs):
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert loaded.model_spec == model.model_spec
+
+
+def test_squeezenet_fast_cifar_is_a_fire_network_under_a_million_parameters():
+    import torch
+
+    from squeezelab.models import count_params, create_model
+    from squeezelab.models.squeezenet_fast import FastFire
+
+    model = create_model("squeezenet_fast_cifar")
+    assert count_params(model) == 794_232 and count_params(model) <= 1_000_000
+    fires = [m for m in model.modules() if isinstance(m, FastFire)]
+    assert len(fires) == 5 and model.whiten.out_channels == 24 and model.whiten.kernel_size == (2, 2)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    narrow = create_model("squeezenet_fast_cifar", widths=[8, 16, 16], num_classes=3)
+    assert narrow(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    with pytest.raises(ValueError, match="widths must be three"):
+        create_model("squeezenet_fast_cifar", widths=[8, 16])

@@ -53,7 +53,7 @@ def test_onecycle_peaks_at_lr_and_weight_decay_skips_biases():
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
     groups = parameter_groups(model, 5e-4, 0.1)
-    assert [len(g["params"]) for g in groups] == [1, 3] and groups[1]["weight_decay"] == 0.0
+    assert [len(g["params"]) for g in groups] == [1, 2, 1] and groups[1]["weight_decay"] == groups[2]["weight_decay"] == 0.0
     config = _config(schedule="onecycle", onecycle_pct_start=0.3)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=10)

@@ -54,7 +54,7 @@ class TrainConfig:
     nesterov: bool = True
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
-    norm_lr_scale: float = 1.0  # learning-rate multiplier of batch-norm and bias parameters (airbench: 64)
+    norm_lr_scale: float = 1.0  # learning-rate multiplier of normalisation-layer parameters (airbench: 64)
     bn_momentum: float | None = None  # running-statistics momentum of every batch norm (PyTorch's convention)
     bn_weight_frozen: bool = False  # batch-norm scales stay at their initial 1 (only the shifts train)
     schedule: str = "cosine"

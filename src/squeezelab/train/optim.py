@@ -17,21 +17,28 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from .config import TrainConfig
 
+_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
 
 def parameter_groups(model: nn.Module, weight_decay: float, lr: float, norm_lr_scale: float = 1.0) -> list[dict]:
-    """Trainable parameters in two groups: matrices and kernels with weight decay at ``lr``; biases and
-    batch-norm parameters (1-D) without weight decay at ``lr * norm_lr_scale``.
+    """Trainable parameters in three groups: matrices and kernels (more than one dimension) with weight
+    decay; normalisation-layer parameters at ``lr * norm_lr_scale`` without weight decay; other biases (1-D)
+    without weight decay.
 
-    Decided by shape, not by name, so it works for any module, including ``torch.nn.utils.parametrize`` ones.
+    Decided by shape and module type, not by name, so it works for any module, including
+    ``torch.nn.utils.parametrize`` ones.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_LAYERS) for p in m.parameters(recurse=False)}
     decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
+    norms = [p for p in params if p.ndim <= 1 and id(p) in norm_ids]
+    biases = [p for p in params if p.ndim <= 1 and id(p) not in norm_ids]
     groups = (
         {"params": decay, "weight_decay": weight_decay, "lr": lr},
-        {"params": no_decay, "weight_decay": 0.0, "lr": lr * norm_lr_scale},
+        {"params": norms, "weight_decay": 0.0, "lr": lr * norm_lr_scale},
+        {"params": biases, "weight_decay": 0.0, "lr": lr},
     )
     return [g for g in groups if g["params"]]
 
