@@ -111,3 +111,14 @@ def test_squeezenet_fast_cifar_is_a_fire_network_under_a_million_parameters():
     assert narrow(torch.randn(2, 3, 16, 16)).shape == (2, 3)
     with pytest.raises(ValueError, match="widths must be three"):
         create_model("squeezenet_fast_cifar", widths=[8, 16])
+
+
+def test_a_half_precision_model_file_is_half_the_size_and_loads_as_float32(tmp_path):
+    model = create_model("squeezenet_fast_cifar").eval()
+    save_model(model, tmp_path / "full.pt")
+    save_model(model, tmp_path / "half.pt", half=True)
+    loaded = load_model(tmp_path / "half.pt").eval()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert (tmp_path / "half.pt").stat().st_size < 0.55 * (tmp_path / "full.pt").stat().st_size
+    images = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(loaded(images), model(images), atol=1e-2)

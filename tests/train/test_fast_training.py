@@ -117,6 +117,18 @@ def test_tta_averages_mirror_and_shifted_views():
         tta_logits(nn.Identity(), torch.randn(3, 4), "mirror")
 
 
+def _interrupted_then_resumed(config: TrainConfig, run_dir, after_epoch: int):
+    """Train, stop as Ctrl-C would right after epoch ``after_epoch``'s checkpoint, then resume to the end."""
+
+    def interrupt(message: str) -> None:
+        if message.startswith(f"epoch {after_epoch:>3}/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_from_config(config, run_dir, progress=False, log=interrupt)
+    return resume_training(run_dir, progress=False, log=None)
+
+
 def test_a_fast_run_reports_tta_beside_the_plain_figure_and_resumes_exactly(fast_config, tmp_path):
     uninterrupted = train_from_config(fast_config, tmp_path / "a", progress=False, log=None)
     results = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -127,13 +139,7 @@ def test_a_fast_run_reports_tta_beside_the_plain_figure_and_resumes_exactly(fast
         not m.weight.requires_grad for m in model.modules() if isinstance(m, nn.BatchNorm2d)
     )
 
-    def interrupt_after_second_epoch(message: str) -> None:
-        if message.startswith("epoch   2/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_from_config(fast_config, tmp_path / "b", progress=False, log=interrupt_after_second_epoch)
-    resumed = resume_training(tmp_path / "b", progress=False, log=None)
+    resumed = _interrupted_then_resumed(fast_config, tmp_path / "b", after_epoch=2)
     a, b = uninterrupted.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["weight_average"]["average"] is not None
@@ -147,13 +153,7 @@ def test_ema_saves_the_average_and_resumes_the_trained_weights(fast_config, tmp_
     assert any(not torch.equal(saved[k], trained[k]) for k in saved if saved[k].dtype.is_floating_point)
     assert all(torch.equal(saved[k], uninterrupted.model.state_dict()[k]) for k in saved)  # the model is the average
 
-    def interrupt_after_first_epoch(message: str) -> None:
-        if message.startswith("epoch   1/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_from_config(config, tmp_path / "b", progress=False, log=interrupt_after_first_epoch)
-    resumed = resume_training(tmp_path / "b", progress=False, log=None)
+    resumed = _interrupted_then_resumed(config, tmp_path / "b", after_epoch=1)
     assert all(torch.equal(saved[k], resumed.model.state_dict()[k]) for k in saved)
 
 

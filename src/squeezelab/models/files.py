@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from squeezelab.utils.files import atomic_torch_save, safe_torch_load
@@ -24,8 +25,12 @@ MODEL_FILE_FORMAT = "squeezelab-model"
 MODEL_FILE_VERSION = 1
 
 
-def model_record(model: nn.Module) -> dict[str, Any]:
-    """The parts of a model file that describe and hold the model (spec, metadata, weights)."""
+def model_record(model: nn.Module, half: bool = False) -> dict[str, Any]:
+    """The parts of a model file that describe and hold the model (spec, metadata, weights).
+
+    ``half`` stores floating-point tensors as float16 (half the bytes; loading converts them back to the
+    model's own dtype), for weights shipped with the package.
+    """
     spec = getattr(model, "model_spec", None)
     if spec is None:
         raise ValueError("model has no model_spec: build it with squeezelab.create_model")
@@ -35,13 +40,17 @@ def model_record(model: nn.Module) -> dict[str, Any]:
         "version": MODEL_FILE_VERSION,
         "model_spec": spec,
         "default_cfg": cfg.to_dict() if cfg is not None else None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: _stored(v.detach().cpu(), half) for k, v in model.state_dict().items()},
     }
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, **extra: Any) -> None:
-    """Write ``model`` (and JSON-like ``extra`` entries) atomically to ``path``."""
-    atomic_torch_save({**model_record(model), **extra}, path)
+def _stored(tensor: torch.Tensor, half: bool) -> torch.Tensor:
+    return tensor.half() if half and tensor.is_floating_point() else tensor
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, *, half: bool = False, **extra: Any) -> None:
+    """Write ``model`` (and JSON-like ``extra`` entries) atomically to ``path``; ``half``: float16 weights."""
+    atomic_torch_save({**model_record(model, half), **extra}, path)
 
 
 def model_from_record(record: dict[str, Any], source: str = "model file") -> nn.Module:
