@@ -15,6 +15,9 @@ Output: results.csv, results.md, results.json and results.png (test top-1 with T
 point per run) in ``--out``.
 
     python benchmarks/cifar10_fast.py --seeds 0 1 2 --out benchmarks/results/cifar10_fast
+
+``--export-weights FILE`` also writes the first seed's trained network as a half-precision model file with
+its provenance (the command, seed and measured test figures): the weights squeezelab ships.
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cifar10_fast")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "cifar10_fast", help="run folders and finished rows")
     parser.add_argument("--fresh", action="store_true", help="forget finished runs in --out and run everything again")
+    parser.add_argument("--export-weights", type=Path, help="write the first seed's fast model here (float16 model file)")
     args = parser.parse_args()
     if not (args.data / "cifar10-jpeg").is_dir():
         raise SystemExit(f"{args.data / 'cifar10-jpeg'}: no CIFAR-10 JPEG copy there (give --data)")
@@ -193,6 +197,26 @@ def main() -> None:
     (args.out / "results.csv").write_text(buffer.getvalue())
     plot(rows, args.out / "results.png")
     print(f"wrote {args.out}/results.{{md,csv,json,png}}")
+    if args.export_weights:
+        first = next(r for r in rows if r["name"] == "fast")
+        export_weights(folder / f"fast_seed{first['seed']}", first, args.export_weights, args.sets)
+
+
+def export_weights(run_dir: Path, row: dict, path: Path, sets: list[str]) -> None:
+    from squeezelab.models.files import load_model, save_model
+
+    model = load_model(run_dir / "best.pt")
+    overrides = "".join(f" --set {item}" for item in [f"seed={row['seed']}", *sets])
+    provenance = {
+        "command": f"squeezelab train --config experiments/train/cifar10_fast.yaml --data-root ../shared/data{overrides}",
+        "seed": row["seed"],
+        "dataset": "CIFAR-10 (JPEG copy), 50,000 training images, tested on its 10,000 test images",
+        "test_top1": round(row["test_top1"], 2),
+        "test_top1_tta": round(row["test_top1_tta"], 2) if row["test_top1_tta"] is not None else None,
+        "measured_by": "benchmarks/cifar10_fast.py",
+    }
+    save_model(model, path, half=True, provenance=provenance)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, float16)")
 
 
 def _progress(row: dict) -> str:

@@ -111,6 +111,20 @@ def test_squeezenet_fast_cifar_is_a_fire_network_under_a_million_parameters():
     assert narrow(torch.randn(2, 3, 16, 16)).shape == (2, 3)
     with pytest.raises(ValueError, match="widths must be three"):
         create_model("squeezenet_fast_cifar", widths=[8, 16])
+    early = create_model("squeezenet_fast_cifar", pool_early=True)
+    assert count_params(early) == count_params(model) and early(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert create_model("squeezenet_fast_cifar", pool_early=True).group2.pool is None  # the fire pools its squeeze
+    linear = create_model("squeezenet_fast_cifar", pool_early=True, linear_squeeze=True)
+    assert count_params(linear) == count_params(model) - 2 * (32 + 4 * 128)  # no squeeze batch norms
+    assert linear(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_airbench93_cifar_is_the_reference_network():
+    from squeezelab.models import count_params, create_model
+
+    model = create_model("airbench93_cifar")
+    assert count_params(model) == 569_656  # airbench93 as published
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in model.modules())
 
 
 def test_a_half_precision_model_file_is_half_the_size_and_loads_as_float32(tmp_path):

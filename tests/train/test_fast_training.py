@@ -148,13 +148,15 @@ def test_a_fast_run_reports_tta_beside_the_plain_figure_and_resumes_exactly(fast
 def test_ema_saves_the_average_and_resumes_the_trained_weights(fast_config, tmp_path):
     config = fast_config.updated(weight_averaging="ema", ema_start_epoch=0, ema_warmup_power=0.0, tta="none")
     uninterrupted = train_from_config(config, tmp_path / "a", progress=False, log=None)
-    record = load_checkpoint(tmp_path / "a" / "last.pt")
-    saved, trained = record["state_dict"], record["training_weights"]
+    last = load_checkpoint(tmp_path / "a" / "last.pt")
+    saved, trained = last["state_dict"], last["training_weights"]
     assert any(not torch.equal(saved[k], trained[k]) for k in saved if saved[k].dtype.is_floating_point)
-    assert all(torch.equal(saved[k], uninterrupted.model.state_dict()[k]) for k in saved)  # the model is the average
+    best = load_checkpoint(tmp_path / "a" / "best.pt")["state_dict"]
+    final = uninterrupted.model.state_dict()
+    assert all(torch.equal(best[k], final[k]) for k in best)  # the model kept is the average of the best epoch
 
     resumed = _interrupted_then_resumed(config, tmp_path / "b", after_epoch=1)
-    assert all(torch.equal(saved[k], resumed.model.state_dict()[k]) for k in saved)
+    assert all(torch.equal(final[k], resumed.model.state_dict()[k]) for k in final)
 
 
 def test_the_whitened_first_layer_survives_training_frozen(fast_config, tmp_path):
