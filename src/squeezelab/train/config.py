@@ -18,7 +18,7 @@ from .averaging import AVERAGING_MODES
 from .evaluate import TTA_MODES
 from .initialization import INIT_MODES, WHITENING_MODES
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "muon")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "poly", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -53,6 +53,10 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # optimizer "muon": convolution filters take Muon steps, the other parameters Nesterov SGD (lr, momentum)
+    muon_lr: float = 0.24
+    muon_momentum: float = 0.6
+    muon_weight_norm: bool = False  # keep each filter bank's norm fixed: only for convolutions followed by batch norm
     weight_decay: float = 5e-4
     norm_lr_scale: float = 1.0  # learning-rate multiplier of normalisation-layer parameters (airbench: 64)
     bn_momentum: float | None = None  # running-statistics momentum of every batch norm (PyTorch's convention)
@@ -134,6 +138,10 @@ class TrainConfig:
             raise ValueError(f"translate: must be a whole number of pixels >= 0 or null, got {self.translate!r}")
         if not _finite(self.norm_lr_scale) or self.norm_lr_scale <= 0:
             raise ValueError(f"norm_lr_scale: must be a finite number > 0, got {self.norm_lr_scale}")
+        if not _finite(self.muon_lr) or self.muon_lr <= 0:
+            raise ValueError(f"muon_lr: must be a finite number > 0, got {self.muon_lr}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"muon_momentum: must be in [0, 1), got {self.muon_momentum}")
         if self.bn_momentum is not None and not 0.0 < self.bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum: must be in (0, 1] or null, got {self.bn_momentum}")
         if not 0.0 <= self.warmup_start <= 1.0:

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from .config import TrainConfig
+from .muon import Muon
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -45,6 +46,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float, norm_lr_s
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
     groups = parameter_groups(model, config.weight_decay, config.lr, config.norm_lr_scale)
+    if config.optimizer == "muon":
+        filter_group = {"lr": config.muon_lr, "momentum": config.muon_momentum}
+        return Muon(
+            muon_groups(groups, filter_group), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            weight_norm=config.muon_weight_norm,
+        )
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
     if config.optimizer == "adam":
@@ -52,6 +59,18 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=_betas(config))
     return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum)
+
+
+def muon_groups(groups: list[dict], filter_settings: dict) -> list[dict]:
+    """``groups`` with the convolution filters (4-D) split off into a Muon group with ``filter_settings``
+    (its lr and momentum); linear layers stay with SGD (Muon's authors keep classifier heads out of it)."""
+    filters = [p for g in groups for p in g["params"] if p.ndim == 4]
+    if not filters:
+        raise ValueError("optimizer muon: the model has no trainable convolution filters")
+    filter_ids = {id(p) for p in filters}
+    decay = next(g for g in groups if any(id(p) in filter_ids for p in g["params"]))
+    others = [{**g, "params": [p for p in g["params"] if id(p) not in filter_ids]} for g in groups]
+    return [{**decay, **filter_settings, "params": filters, "muon": True}] + [g for g in others if g["params"]]
 
 
 def _betas(config: TrainConfig) -> tuple[float, float]:
