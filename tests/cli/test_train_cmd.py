@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from squeezelab.cli.main import main
 from squeezelab.train import load_checkpoint
 from tests.conftest import torchrun_squeezelab
@@ -75,3 +77,54 @@ def test_torchrun_two_processes_train_with_ddp(tiny_config, tmp_path):
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--dataset", "digits", "--limit", "300", "--json", str(tmp_path / "e.json")]) == 0
     alone = json.loads((tmp_path / "e.json").read_text())
     assert alone["top1"] == test["top1"] and abs(alone["loss"] - test["loss"]) < 1e-5
+
+
+def test_train_refuses_a_run_directory_holding_a_run_unless_overwrite(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "best.pt", "metrics.csv", "results.json", "notes.txt"):
+        (run / name).write_text("from the earlier run")
+    assert main(["train", "--dataset", "digits", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run already (last.pt, best.pt, results.json)" in err and "--overwrite" in err
+    assert (run / "results.json").read_text() == "from the earlier run"  # untouched
+
+    started = []
+
+    def stopped_training(config, run_dir, **kwargs):
+        started.append(sorted(p.name for p in run_dir.iterdir()))
+        raise KeyboardInterrupt  # the new run killed early: none of the old run's files may pass for its own
+
+    monkeypatch.setattr("squeezelab.cli.train_cmd.train_from_config", stopped_training)
+    assert main(["train", "--dataset", "digits", "--out", str(run), "--overwrite"]) == 130
+    assert started == [["notes.txt"]]  # the old run's files went before the new run started; nothing else did
+
+    assert main(["train", "--resume", str(run), "--overwrite"]) == 2
+    assert "drop --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_train_refuses_a_non_finite_learning_rate(value, tmp_path, capsys):
+    assert main(["train", "--dataset", "digits", f"--lr={value}", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lr: must be a finite number" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--seed", "-1"], "argument --seed: must be >= 0"),
+        (["--set", "model_kwargs=5"], "model_kwargs: must be a mapping"),
+        (["--model", "squeezenet1_1_cifar", "--input-size", "1,1"], "1x1"),
+    ],
+)
+def test_bad_train_options_get_one_line_naming_them(arguments, message, tmp_path, capsys):
+    command = ["train", "--dataset", "digits", "--limit", "50", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", *arguments]
+    try:
+        code = main(command)
+    except SystemExit as exit:  # argparse's own refusal: its usage, then one line naming the option
+        code = exit.code
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in last, last

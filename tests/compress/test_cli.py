@@ -154,3 +154,22 @@ def test_fine_tuning_follows_the_checkpoints_training_run(tmp_path, digits, caps
     assert code == 2 and "the data has no validation split to score on; give --val-fraction > 0" in capsys.readouterr().err
     code = main(["sensitivity", str(checkpoint), "--dataset", "digits", "--kind", "bits", "--bits", "3", "--quiet"])
     assert code == 2 and "--bits: sets the bits at which a density sweep counts bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "density, message",
+    [
+        ("std:-1", "std threshold scales must be finite numbers > 0 (<= 0 prunes nothing), got -1.0"),
+        ("std:conv3x3=0.7,default=0", "std threshold scales must be finite numbers > 0 (<= 0 prunes nothing), got 0.0"),
+        ("0", "density must be in (0, 1], got 0.0"),
+        ("conv3x3=1.5", "density must be in (0, 1], got 1.5"),
+    ],
+)
+@pytest.mark.parametrize("command", ["compress", "dsd"])
+def test_density_that_prunes_nothing_or_is_meaningless_is_refused_before_loading(tmp_path, capsys, command, density, message):
+    # the model file does not exist: the density is checked first, not after minutes of loading and data
+    argv = {"compress": ["-o", str(tmp_path / "x.sqz")], "dsd": ["--dataset", "digits", "--run-dir", str(tmp_path / "runs")]}
+    assert main([command, str(tmp_path / "missing.pt"), *argv[command], "--density", density]) == 2
+    err = capsys.readouterr().err
+    assert f"--density {density}: {message}" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

@@ -163,3 +163,40 @@ def test_flat_imagenet_without_class_table_uses_torchvision_names(tmp_path):
     (tmp_path / "n02963159_cardigan.JPEG").write_bytes((tmp_path / "n04612504_yawl.JPEG").read_bytes())
     with pytest.raises(ValueError, match="cardigan.JPEG: cannot tell the ImageNet class"):
         build_datasets("imagenet", tmp_path, input_size=16)  # the corgi and the sweater
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Record torchvision download attempts instead of making them (a test must never reach the network)."""
+    attempts: list[str] = []
+    from torchvision.datasets import CIFAR10, MNIST
+
+    for cls in (MNIST, CIFAR10):
+        monkeypatch.setattr(cls, "download", lambda self: attempts.append(self.root))
+    return attempts
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_explicit_root_without_the_data_is_an_error_not_a_download_target(tmp_path, no_download, name):
+    missing = tmp_path / "nope" / "data"
+    with pytest.raises(FileNotFoundError, match=f"{missing}: no such folder"):
+        build_datasets(name, missing, progress=False)
+    assert not (tmp_path / "nope").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{empty}: holds no (MNIST|CIFAR10) data"):
+        build_datasets(name, empty, progress=False)
+    assert list(empty.iterdir()) == [] and no_download == []
+
+
+def test_downloads_go_to_the_cache_or_where_explicitly_asked(tmp_path, no_download):
+    # the recorded "download" fetches nothing, so loading still fails after it
+    with pytest.raises(FileNotFoundError, match="not found and could not be downloaded"):
+        build_datasets("mnist", progress=False)
+    assert no_download == [str(cache_root() / "datasets")]
+    with pytest.raises(FileNotFoundError, match="not found and could not be downloaded"):
+        build_datasets("mnist", tmp_path / "mine", download=True, progress=False)
+    assert no_download[-1] == str(tmp_path / "mine")
+    with pytest.raises(FileNotFoundError, match="holds no MNIST data"):
+        build_datasets("mnist", download=False, progress=False)
+    assert len(no_download) == 2

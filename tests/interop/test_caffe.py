@@ -3,6 +3,9 @@ import pytest
 import torch
 
 from squeezelab.interop.caffe import (
+    CODEBOOK_SIZE,
+    MAX_GAP,
+    PLAUSIBLE_MAGNITUDE,
     caffe_layer_names,
     check_against_prototxt,
     decode_caffe_compressed,
@@ -11,6 +14,7 @@ from squeezelab.interop.caffe import (
 )
 from squeezelab.interop.classes import imagenet_class_names
 from squeezelab.interop.evaluate import labelled_images, topk_accuracy
+from squeezelab.utils.errors import DamagedFileError
 from tests.conftest import SHARED_DATA, SHARED_MODELS, require
 from tests.interop.helpers import encode_deep_compression
 
@@ -84,6 +88,95 @@ def test_corrupt_position_stream_is_detected(synthetic, tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="positions run past"):
         decode_caffe_compressed(bad)
+
+
+def _layer_offsets(layers) -> list[dict[str, int]]:
+    """Byte offsets of each layer's codebook, biases, codes and gaps in a file holding ``layers``."""
+    offsets, offset = [], 4 * len(layers)
+    for layer in layers:
+        count = len(layer.indices)
+        sizes = {"codebook": 4 * CODEBOOK_SIZE, "bias": 4 * layer.shape[0], "indices": count, "gaps": (count + 1) // 2}
+        start = {}
+        for section, size in sizes.items():
+            start[section] = offset
+            offset += size
+        offsets.append(start)
+    return offsets
+
+
+def _float_at(data: bytearray, offset: int, value: float) -> None:
+    data[offset : offset + 4] = np.float32(value).tobytes()
+
+
+def _misplaced_filler(data: bytearray, layers, offsets) -> None:
+    """Give a real weight that follows a short gap the zero code (a filler where no gap needs bridging)."""
+    gaps = np.diff(np.concatenate([[-1], layers[0].positions])) - 1
+    entry = int(np.flatnonzero(gaps < MAX_GAP)[0])
+    data[offsets[0]["indices"] + entry] = 0
+
+
+def _odd_stream_padding(data: bytearray, layers, offsets) -> None:
+    """Set the unused high nibble at the end of a layer's odd-length position stream."""
+    layer = next(i for i, layer in enumerate(layers) if len(layer.indices) % 2)
+    data[offsets[layer]["gaps"] + (len(layers[layer].indices) + 1) // 2 - 1] |= 0x30
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data, layers, offsets: _float_at(data, offsets[0]["codebook"] + 4 * 7, 3e38), "codebook value of magnitude 3e+38"),
+        (lambda data, layers, offsets: _float_at(data, offsets[3]["bias"], -1e20), "bias value of magnitude 1e+20"),
+        (lambda data, layers, offsets: _float_at(data, offsets[2]["codebook"] + 4 * 9, float("nan")), "non-finite codebook"),
+        (lambda data, layers, offsets: _float_at(data, offsets[1]["codebook"], 0.25), "the filler code, is 0.25, not 0"),
+        (_misplaced_filler, "codes a zero weight but bridges no gap"),
+        (_odd_stream_padding, "unused last nibble of its position stream is 3"),
+    ],
+    ids=["huge-codebook", "huge-bias", "nan-codebook", "nonzero-filler-code", "misplaced-filler", "stream-padding"],
+)
+def test_implausible_values_and_inconsistent_streams_are_refused(synthetic, tmp_path, damage, message):
+    data = bytearray(synthetic[0].read_bytes())
+    layers = decode_caffe_compressed(synthetic[0])
+    damage(data, layers, _layer_offsets(layers))
+    bad = tmp_path / "bad.net"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError) as info:
+        decode_caffe_compressed(bad)
+    assert str(bad) in str(info.value) and message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_exponent_flips_in_the_release_codebooks_are_refused(tmp_path):
+    """Flipping a float32's top exponent bit makes weights of 1e36-1e38, which used to load."""
+    original = require(RELEASE).read_bytes()
+    offsets = _layer_offsets(decode_caffe_compressed(RELEASE))
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "flipped.net"
+    for layer in rng.choice(len(offsets), 10, replace=False).tolist():
+        data = bytearray(original)
+        entry = int(rng.integers(1, CODEBOOK_SIZE))  # entry 0 is the filler code, refused for any change
+        data[offsets[layer]["codebook"] + 4 * entry + 3] ^= 0x40  # little-endian: byte 3 holds the exponent's top bit
+        bad.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match="codebook value of magnitude"):
+            decode_caffe_compressed(bad)
+
+
+def test_random_byte_flips_of_the_release_end_in_one_line_or_plausible_weights(tmp_path):
+    """No checksum: a flip either gets the one-line error or decodes to finite weights of plausible size."""
+    original = require(RELEASE).read_bytes()
+    rng = np.random.default_rng(1)
+    bad = tmp_path / "flipped.net"
+    for _ in range(60):
+        data = bytearray(original)
+        data[int(rng.integers(len(data)))] ^= int(rng.integers(1, 256))
+        bad.write_bytes(bytes(data))
+        try:
+            layers = decode_caffe_compressed(bad)
+        except DamagedFileError as exc:
+            assert str(bad) in str(exc) and "\n" not in str(exc)
+            continue
+        for layer in layers:
+            assert np.abs(layer.dense_weight()).max() <= PLAUSIBLE_MAGNITUDE
+            assert np.abs(layer.bias).max() <= PLAUSIBLE_MAGNITUDE
+            assert layer.positions[-1] < layer.numel
 
 
 def test_missing_file_is_named(tmp_path):

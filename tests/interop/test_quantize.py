@@ -4,10 +4,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from squeezelab.cli.main import main
+from squeezelab.data.images import ImageDecodeError
 from squeezelab.interop.onnx_export import export_onnx, onnx_metadata
 from squeezelab.interop.quantize import calibration_batch, head_nodes, quantize_int8
 from squeezelab.interop.runtime import OnnxModel
 from squeezelab.models import create_model
+from squeezelab.models.files import save_model
 from tests.interop.helpers import write_images
 
 
@@ -56,9 +59,8 @@ def test_int8_logits_track_fp32(int8_model, tmp_path):
     assert np.corrcoef(reference.ravel(), found.ravel())[0, 1] > 0.95
 
 
-def test_small_images_become_mosaics_and_unreadable_ones_are_skipped(tmp_path):
+def test_small_images_become_mosaics(tmp_path):
     write_images(tmp_path, 40, size=64)
-    (tmp_path / "broken.jpg").write_bytes(b"no image")
     cfg = create_model("squeezenet1_1").default_cfg
     batch = calibration_batch(tmp_path, cfg, 2, progress=False)
     assert batch.shape == (2, 3, 224, 224)  # 4 x 4 tiles of 64 px per 256 px mosaic, centre crop 224
@@ -71,6 +73,24 @@ def test_calibration_needs_images(tmp_path):
     cfg = create_model("squeezenet1_1").default_cfg
     with pytest.raises(ValueError, match="no image files"):
         calibration_batch(tmp_path, cfg, 4)
-    (tmp_path / "bad.jpg").write_bytes(b"x")
-    with pytest.raises(ValueError, match="none of the calibration images"):
-        calibration_batch(tmp_path, cfg, 4, progress=False)
+
+
+@pytest.mark.parametrize("size", [256, 64], ids=["whole-images", "mosaic-tiles"])
+def test_an_unreadable_calibration_image_fails_naming_it(tmp_path, size):
+    # calibrating on the readable remainder (1 of 3 images) used to succeed silently
+    write_images(tmp_path, 1, size=size)
+    for name in ("broken.jpg", "empty.png"):
+        (tmp_path / name).write_bytes(b"no image" if name == "broken.jpg" else b"")
+    with pytest.raises(ImageDecodeError, match=r"(broken\.jpg|empty\.png): cannot decode image"):
+        calibration_batch(tmp_path, create_model("squeezenet1_1").default_cfg, 4, progress=False)
+
+
+def test_quantize_command_refuses_unreadable_calibration_images(tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    save_model(create_model("squeezenet1_1_cifar"), model)
+    write_images(tmp_path / "calib", 1, size=32)
+    (tmp_path / "calib" / "broken.jpg").write_bytes(b"no image")
+    code = main(["quantize-int8", str(model), "--out", str(tmp_path / "int8.onnx"), "--calibration", str(tmp_path / "calib")])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.jpg: cannot decode image" in err and err.count("\n") == 1
+    assert not (tmp_path / "int8.onnx").exists()

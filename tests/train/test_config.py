@@ -19,7 +19,7 @@ def test_config_errors_name_the_file_and_setting(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.yaml: unknown setting 'learning_rate'"):
         TrainConfig.load(path)
     path.write_text("optimizer: lamb\n")
-    with pytest.raises(ValueError, match=r"optimizer: must be one of sgd, adam, adamw, rmsprop, got 'lamb'"):
+    with pytest.raises(ValueError, match=r"optimizer: must be one of sgd, adam, adamw, rmsprop, muon, got 'lamb'"):
         TrainConfig.load(path)
     path.write_text("weight_decay: 5e-4\n")  # YAML 1.1 reads this as a string
     assert TrainConfig.load(path).weight_decay == 5e-4
@@ -66,3 +66,21 @@ def test_onecycle_peaks_at_lr_and_weight_decay_skips_biases():
     short = TrainConfig(epochs=1, schedule="onecycle", onecycle_pct_start=0.25)
     with pytest.raises(ValueError, match=r"schedule onecycle: 4 optimizer steps leave no warm-up at onecycle_pct_start=0.25"):
         build_scheduler(build_optimizer(model, short), short, steps_per_epoch=4)
+
+
+@pytest.mark.parametrize("field", ["lr", "weight_decay", "label_smoothing", "grad_clip", "warmup_epochs", "gamma", "betas"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused_in_every_setting(field, value):
+    # NaN slips through range checks (every comparison with it is false): the runs it made saved NaN weights
+    bad = [value, 0.999] if field == "betas" else value
+    with pytest.raises(ValueError, match=rf"{field}: must be a finite number"):
+        TrainConfig(**{field: bad})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"model_kwargs": 5}, "model_kwargs: must be a mapping"), ({"seed": -1}, "seed: must be a whole number >= 0")],
+)
+def test_builder_arguments_and_seed_are_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)

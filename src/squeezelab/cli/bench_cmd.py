@@ -8,7 +8,7 @@ from squeezelab.bench import BACKENDS, DEFAULT_BACKENDS, BenchSettings, bench_mo
 from squeezelab.bench.report import environment_line, table_rows
 from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT
 
-from .common import format_table, parse_input_size
+from .common import format_table, non_negative_int, parse_input_size, positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -39,13 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated, from {','.join(BACKENDS)} (default {','.join(DEFAULT_BACKENDS)}); onnx is the baseline",
     )
     bench.add_argument("--calibration", help="unlabelled images for the int8 backend (without it, int8 is skipped)")
-    bench.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, help="calibration images")
+    bench.add_argument("--calibration-count", type=positive_int, default=DEFAULT_CALIBRATION_COUNT, help="calibration images")
     bench.add_argument("--eval-data", help="labelled images: adds top-1/top-5 per backend (at each model's own input size)")
-    bench.add_argument("--eval-limit", type=int, help="evaluate at most this many images")
-    bench.add_argument("--threads", type=int, default=2, help="CPU threads for every backend (default 2)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed calls per backend (default 5)")
-    bench.add_argument("--iters", type=int, default=30, help="timed calls per backend and batch size (default 30)")
-    bench.add_argument("--peak-size", type=int, default=2048, help="matrix size of the fp32 peak measurement (default 2048)")
+    bench.add_argument("--eval-limit", type=positive_int, help="evaluate at most this many images")
+    bench.add_argument("--threads", type=positive_int, default=2, help="CPU threads for every backend (default 2)")
+    bench.add_argument("--warmup", type=non_negative_int, default=5, help="untimed calls per backend (default 5)")
+    bench.add_argument("--iters", type=positive_int, default=30, help="timed calls per backend and batch size (default 30)")
+    bench.add_argument("--peak-size", type=positive_int, default=2048, help="matrix size of the fp32 peak measurement (default 2048)")
     bench.add_argument("--out", help="folder for bench.csv/.json/.md/.png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.set_defaults(func=run_bench)

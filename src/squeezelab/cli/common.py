@@ -6,7 +6,11 @@ import argparse
 import os
 from typing import Any, Sequence
 
+import torch.nn as nn
 import yaml
+
+from squeezelab.models.profile import check_input_size
+from squeezelab.models.registry import model_config
 
 
 def is_first_process() -> bool:
@@ -26,6 +30,45 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     if len(values) not in (2, 3) or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--input-size: expected C,H,W or H,W of positive ints, got {text!r}")
     return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (threads, images); argparse names the option."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of whole numbers >= 0 (seeds: numpy's seed sequences refuse negative ones)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def checked_input_size(model: nn.Module, option: Sequence[int] | None) -> tuple[int, int, int]:
+    """The (C, H, W) an ``--input-size`` option (or the model's own size) gives, checked against the model.
+
+    ``H,W`` takes the model's channels. The size is checked by :func:`check_input_size`, the probe that
+    ``info`` runs too, so every command refuses a too-small input with the same one line, not a traceback
+    from deep inside the first forward pass.
+    """
+    default = model_config(model).input_size
+    requested = tuple(option) if option is not None else tuple(default)
+    if len(requested) == 2:  # H,W: the model's channels
+        requested = (default[0], *requested)
+    channels, height, width = requested
+    if channels != default[0]:
+        raise ValueError(f"--input-size: {channels} channels, but the model takes {default[0]}")
+    size = (int(channels), int(height), int(width))
+    check_input_size(model, size)
+    return size
 
 
 def parse_model_arg(text: str) -> tuple[str, Any]:

@@ -211,6 +211,8 @@ def _model_data(model, args: argparse.Namespace, config: TrainConfig):
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    # options are checked before the model and data load, which can take minutes
+    density = parse_density_spec(args.density) if args.density else None
     # under torchrun the fine-tuning stages run data-parallel; rank 0 alone prints and writes reports
     with distributed_session() as dist_info:
         model = load_any_model(args.model, args.arch)
@@ -221,7 +223,7 @@ def run_compress(args: argparse.Namespace) -> int:
         outcome = compress_and_evaluate(
             model,
             args.output,
-            density=parse_density_spec(args.density) if args.density else None,
+            density=density,
             granularity=parse_granularity_spec(args.granularity),
             bits=parse_bits_spec(args.bits),
             init=args.init,
@@ -331,6 +333,7 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
 
 
 def run_dsd(args: argparse.Namespace) -> int:
+    density = parse_density_spec(args.density)  # checked before the model and data load
     with distributed_session() as dist_info:
         model = load_any_model(args.model, args.arch).train()
         config = _finetune_config(args, _training_config(args), args.epochs, lr=args.lr, batch_size=args.batch_size)
@@ -339,7 +342,7 @@ def run_dsd(args: argparse.Namespace) -> int:
             model,
             data,
             config,
-            parse_density_spec(args.density),
+            density,
             dense_epochs=args.dense_epochs,
             run_dir=args.run_dir,
             progress=not args.quiet,

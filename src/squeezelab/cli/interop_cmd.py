@@ -25,7 +25,7 @@ from squeezelab.models.files import save_model
 from squeezelab.models.profile import count_params
 from squeezelab.models.registry import model_config
 
-from .common import format_table, parse_input_size
+from .common import checked_input_size, format_table, parse_input_size, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto, fastest)")
     classify.add_argument("--calibration", help="images to build the int8 backend from (cached next to the model)")
     _add_calibration_count(classify)
-    classify.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
-    classify.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
+    classify.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default 5)")
+    _add_threads(classify, "CPU threads")
     classify.set_defaults(func=run_classify)
 
     export = subparsers.add_parser("export-onnx", help="export a model file or registered model to ONNX and verify it")
@@ -78,15 +78,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quantize.add_argument("--calibration", required=True, help="folder of unlabelled real images (any layout)")
     _add_calibration_count(quantize)
     quantize.add_argument("--eval-data", help="labelled images (class folders or a flat ImageNet sample) for top-1/top-5")
-    quantize.add_argument("--eval-limit", type=int, help="evaluate at most this many images")
-    quantize.add_argument("--threads", type=int, help="CPU threads for the timing (default: the runtime's)")
+    quantize.add_argument("--eval-limit", type=positive_int, help="evaluate at most this many images")
+    _add_threads(quantize, "CPU threads for the timing")
     quantize.set_defaults(func=run_quantize)
+
+
+def _add_threads(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--threads", type=positive_int, help=f"{what} (default: the runtime's)")
 
 
 def _add_calibration_count(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration-count",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CALIBRATION_COUNT,
         help=f"calibration images used (default {DEFAULT_CALIBRATION_COUNT})",
     )
@@ -113,8 +117,6 @@ def run_import_torchvision(args: argparse.Namespace) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    if args.topk < 1:
-        raise ValueError(f"--topk must be >= 1, got {args.topk}")
     paths = expand_inputs(args.images)
     deployment = deploy(
         args.model, args.backend, args.arch, args.calibration, args.calibration_count, threads=args.threads
@@ -142,8 +144,8 @@ def _load_for_export(ref: str, arch: str | None):
 
 def run_export(args: argparse.Namespace) -> int:
     model = _load_for_export(args.model, args.arch)
-    path = export_onnx(model, args.out, input_size=args.input_size, opset=args.opset, dynamic_size=args.dynamic_size)
-    size = args.input_size or model.default_cfg.input_size
+    size = checked_input_size(model, args.input_size)
+    path = export_onnx(model, args.out, input_size=size, opset=args.opset, dynamic_size=args.dynamic_size)
     print(f"exported {args.model} -> {path} (opset {args.opset}, input {'x'.join(map(str, size))}, dynamic batch)")
     if not args.no_verify:
         print(f"onnxruntime vs PyTorch: max abs difference {onnx_parity(model, path):.3g} on 2 random images")

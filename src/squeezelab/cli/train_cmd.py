@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
@@ -13,9 +12,10 @@ from squeezelab.interop.loading import detect_format, load_any_model
 from squeezelab.train import TrainConfig, default_run_dir, evaluate_checkpoint, resume_training, train_from_config
 from squeezelab.train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES
 from squeezelab.train.evaluate import TTA_MODES
-from squeezelab.utils.files import atomic_write_text
+from squeezelab.train.rundir import prepare_new_run
+from squeezelab.utils.files import atomic_write_json
 
-from .common import format_table, parse_input_size
+from .common import format_table, non_negative_int, parse_input_size
 
 # Shortcut flags -> TrainConfig fields; anything else is set with --set KEY=VALUE.
 SHORTCUTS = ("model", "dataset", "data_root", "epochs", "batch_size", "lr", "optimizer", "schedule", "seed", "limit", "device", "amp", "workers")
@@ -36,14 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--optimizer", choices=OPTIMIZERS)
     train.add_argument("--schedule", choices=SCHEDULES)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=non_negative_int)
     train.add_argument("--limit", type=int, help="use at most N training and N test images")
     train.add_argument("--device", choices=DEVICES)
     train.add_argument("--amp", choices=AMP_MODES)
     train.add_argument("--workers", type=int, help="DataLoader worker processes (default: 0 for in-memory data)")
     train.add_argument("--input-size", type=parse_input_size, help="H,W (or C,H,W) of the model input")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrainConfig field (YAML value)")
-    train.add_argument("--out", type=Path, help="run directory (default: runs/<model>-<dataset>-<time>)")
+    train.add_argument("--out", type=Path, help="run directory (default: runs/<model>-<dataset>-<time>); one holding a run is refused")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are deleted first)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run with its own config")
     train.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch)")
     train.set_defaults(func=run_train)
@@ -70,15 +71,19 @@ def run_train(args: argparse.Namespace) -> int:
     log = print
     if args.resume is not None:
         given = [f"--{name.replace('_', '-')}" for name in (*SHORTCUTS, "config", "input_size", "out") if getattr(args, name) is not None]
-        if given or args.set:
-            raise ValueError(f"--resume continues a run with its own config.yaml; drop {', '.join(given + ['--set'] * bool(args.set))}")
+        given += ["--set"] * bool(args.set) + ["--overwrite"] * args.overwrite
+        if given:
+            raise ValueError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
         result = resume_training(args.resume, progress=not args.quiet, log=log)
     else:
         config = build_config(args)
         run_dir = args.out or default_run_dir(config)
+        prepare_new_run(run_dir, overwrite=args.overwrite)  # before loading any data: a refusal comes at once
         result = train_from_config(config, run_dir, progress=not args.quiet, log=log)
     if result.run_dir is not None:
         log(f"run directory: {result.run_dir}")
+    if result.collapse is not None:
+        raise ValueError(result.collapse)  # the files are written, but the run did not train: exit non-zero
     return 0
 
 
@@ -136,5 +141,5 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_table(["class", "top-1 %", "images"], rows))
     if args.json is not None:
         named = {**metrics, "per_class": dict(zip(splits.class_names, metrics["per_class"]))}
-        atomic_write_text(args.json, json.dumps(named, indent=2) + "\n")
+        atomic_write_json(args.json, named)
     return 0

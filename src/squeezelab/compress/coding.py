@@ -72,14 +72,22 @@ def encode_varints(values: npt.ArrayLike) -> bytes:
     return bytes(out)
 
 
+VARINT_MAX_BYTES = 9  # 63 bits: every value fits an int64
+
+
 def decode_varints(data: bytes, count: int, offset: int = 0) -> tuple[np.ndarray, int]:
-    """Read ``count`` varints from ``data`` at ``offset``; returns the values and the offset after them."""
+    """Read ``count`` varints from ``data`` at ``offset``; returns the values and the offset after them.
+
+    A number longer than :data:`VARINT_MAX_BYTES` is refused: it could not be an int64, and a damaged table
+    must not make Python build an arbitrarily long integer."""
     values = np.empty(count, dtype=np.int64)
     for i in range(count):
         value = shift = 0
         while True:
             if offset >= len(data):
                 raise CodingError("table ends inside a number")
+            if shift >= 7 * VARINT_MAX_BYTES:
+                raise CodingError(f"a number in the table is longer than {VARINT_MAX_BYTES} bytes")
             byte = data[offset]
             offset += 1
             value |= (byte & 0x7F) << shift
@@ -165,23 +173,29 @@ def _pack_codes(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     return np.packbits(bits[keep]).tobytes()
 
 
-def _alphabet(table: bytes) -> tuple[int, int]:
+def _alphabet(table: bytes, max_alphabet: int | None) -> tuple[int, int]:
     """The alphabet size at the start of a table, checked against the table's length (one or more bytes
-    per symbol follow), so a damaged table cannot ask for an absurd amount of work."""
+    per symbol follow) and against ``max_alphabet`` (what the caller can use, e.g. a codebook's size), so
+    a damaged table cannot ask for an absurd amount of work."""
     (alphabet,), offset = decode_varints(table, 1)
     if alphabet > len(table) - offset:
         raise CodingError(f"table claims {alphabet} symbols in {len(table)} bytes")
+    if max_alphabet is not None and alphabet > max(max_alphabet, 1):
+        raise CodingError(f"table claims {alphabet} symbols, at most {max_alphabet} are possible")
     return int(alphabet), offset
 
 
-def huffman_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
-    alphabet, offset = _alphabet(table)
+def huffman_decode(table: bytes, payload: bytes, count: int, max_alphabet: int | None = None) -> np.ndarray:
+    alphabet, offset = _alphabet(table, max_alphabet)
     lengths = np.frombuffer(table, dtype=np.uint8, count=alphabet, offset=offset).astype(np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    if not lengths.any() or lengths.max() > HUFFMAN_MAX_LENGTH:
-        raise CodingError("invalid Huffman code lengths")
+    _check_code_lengths(lengths)
     width = int(lengths.max())
+    # Every code takes 1 to `width` bits: a payload outside those bounds is damaged, and one longer than
+    # the codes need would only cost decoding work (the decoder looks at every bit).
+    if not count <= 8 * len(payload) <= count * width + 7:
+        raise CodingError(f"Huffman payload of {len(payload)} bytes cannot hold {count} codes of 1 to {width} bits")
     symbol_of, length_of = _decode_table(lengths, width)
     bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
     nbits = len(bits)
@@ -193,14 +207,25 @@ def huffman_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
     starts = _code_starts(np.minimum(np.arange(nbits) + length_of[windows], nbits), count)
     if starts[-1] >= nbits or starts[-1] + length_of[windows[starts[-1]]] > nbits:
         raise CodingError("Huffman payload is shorter than its symbol count")
-    return symbol_of[windows[starts]]
+    return symbol_of[windows[starts]].astype(np.int64)
+
+
+def _check_code_lengths(lengths: np.ndarray) -> None:
+    """Code lengths a Huffman code can have: some present, none over the limit, and prefix-free (Kraft:
+    the codes' shares of the ``2**HUFFMAN_MAX_LENGTH`` windows add up to at most all of them)."""
+    if not lengths.any() or lengths.max() > HUFFMAN_MAX_LENGTH:
+        raise CodingError("invalid Huffman code lengths")
+    present = lengths[lengths > 0]
+    if int((1 << (HUFFMAN_MAX_LENGTH - present)).sum()) > 1 << HUFFMAN_MAX_LENGTH:
+        raise CodingError("Huffman code lengths do not form a prefix code")
 
 
 def _decode_table(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lookup tables indexed by a `width`-bit window: the symbol whose code prefixes it, and its length."""
+    """Lookup tables indexed by a `width`-bit window: the symbol whose code prefixes it, and its length.
+    (int32 and uint8: at the 24-bit limit they have 16.7 million entries, 84 MB rather than 268.)"""
     codes = canonical_codes(lengths)
-    symbol_of = np.zeros(1 << width, dtype=np.int64)
-    length_of = np.full(1 << width, width, dtype=np.int64)  # unused windows: advance, decode garbage
+    symbol_of = np.zeros(1 << width, dtype=np.int32)
+    length_of = np.full(1 << width, width, dtype=np.uint8)  # unused windows: advance, decode garbage
     for symbol in np.flatnonzero(lengths).tolist():
         span = width - int(lengths[symbol])
         first = int(codes[symbol]) << span
@@ -254,15 +279,24 @@ def ans_encode(symbols: np.ndarray, alphabet: int | None = None) -> EncodedStrea
     return EncodedStream("ans", table, payload, len(symbols), entropy_bytes(counts))
 
 
-def ans_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
-    alphabet, offset = _alphabet(table)
+def ans_decode(table: bytes, payload: bytes, count: int, max_alphabet: int | None = None) -> np.ndarray:
+    alphabet, offset = _alphabet(table, max_alphabet)
     frequencies, _ = decode_varints(table, alphabet, offset)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    if frequencies.sum() == 0:
-        raise CodingError("ANS frequency table is empty")
+    _check_frequencies(frequencies)
     coder = constriction.stream.stack.AnsCoder(_coder_words(payload))
     return coder.decode(_categorical(frequencies), count).astype(np.int64)
+
+
+def _check_frequencies(frequencies: np.ndarray) -> None:
+    """Frequencies :func:`quantized_frequencies` can give: rounding and the minimum of 1 per present symbol add
+    at most one per symbol to the total (larger ones could overflow the sum or underflow a probability)."""
+    if not frequencies.any():
+        raise CodingError("ANS frequency table is empty")
+    # the largest first: an int64 sum of larger ones could wrap around
+    if int(frequencies.max()) > ANS_FREQUENCY_TOTAL or int(frequencies.sum()) > ANS_FREQUENCY_TOTAL + len(frequencies):
+        raise CodingError(f"ANS frequencies exceed their total of {ANS_FREQUENCY_TOTAL}")
 
 
 def bernoulli_encode(bits: npt.ArrayLike) -> EncodedStream:
@@ -294,7 +328,8 @@ def bernoulli_decode(table: bytes, payload: bytes, count: int) -> np.ndarray:
 
 
 SYMBOL_ENCODERS = {"huffman": huffman_encode, "ans": ans_encode}
-DECODERS = {"huffman": huffman_decode, "ans": ans_decode, "bernoulli-ans": bernoulli_decode}
+SYMBOL_DECODERS = {"huffman": huffman_decode, "ans": ans_decode}
+DECODERS = ("huffman", "ans", "bernoulli-ans")
 
 
 def encode_symbols(symbols: np.ndarray, coder: str = "auto", alphabet: int | None = None) -> EncodedStream:
@@ -306,11 +341,17 @@ def encode_symbols(symbols: np.ndarray, coder: str = "auto", alphabet: int | Non
     return SYMBOL_ENCODERS[coder](symbols, alphabet)
 
 
-def decode_stream(coder: str, table: bytes, payload: bytes, count: int) -> np.ndarray:
+def decode_stream(coder: str, table: bytes, payload: bytes, count: int, max_alphabet: int | None = None) -> np.ndarray:
+    """``count`` symbols of a stream made by ``coder``; ``max_alphabet`` bounds the symbols its table may declare
+    (the caller's use for them: a codebook's size, a gap cap), so the table cannot ask for more work."""
     if coder not in DECODERS:
-        raise CodingError(f"unknown coder {coder!r}")
+        raise CodingError(f"unknown coder {coder[:40]!r}")
+    if count < 0:
+        raise CodingError(f"negative symbol count {count}")
     try:
-        return DECODERS[coder](table, payload, count)
+        if coder in SYMBOL_DECODERS:
+            return SYMBOL_DECODERS[coder](table, payload, count, max_alphabet)
+        return bernoulli_decode(table, payload, count)
     except (ValueError, IndexError, RuntimeError, OverflowError) as exc:
         if isinstance(exc, CodingError):
             raise

@@ -22,7 +22,6 @@ import numpy as np
 from .coding import (
     CodingError,
     EncodedStream,
-    bernoulli_decode,
     bernoulli_encode,
     decode_stream,
     decode_varints,
@@ -91,12 +90,12 @@ def decode_kernel_mask(table: bytes, payload: bytes, numel: int) -> tuple[np.nda
     (taps, outer_table, outer_payload, whole), offset = decode_varints(table, 4)
     if taps < 1 or numel % taps or whole > 1 or offset + outer_table > len(table) or outer_payload > len(payload):
         raise CodingError(f"invalid kernel-mask header (taps {taps}, {numel} weights)")
-    occupied = bernoulli_decode(table[offset : offset + outer_table], payload[:outer_payload], numel // taps) != 0
+    occupied = decode_stream("bernoulli-ans", table[offset : offset + outer_table], payload[:outer_payload], numel // taps) != 0
     inner_count = int(occupied.sum()) * taps
     if whole:
         inner = np.ones(inner_count, dtype=np.int64)
     else:
-        inner = bernoulli_decode(table[offset + outer_table :], payload[outer_payload:], inner_count)
+        inner = decode_stream("bernoulli-ans", table[offset + outer_table :], payload[outer_payload:], inner_count)
     mask = np.zeros((numel // taps, taps), dtype=bool)
     mask[occupied] = inner.reshape(-1, taps) != 0
     limit = entropy_bytes(symbol_counts(occupied.astype(np.int64))) + (0.0 if whole else entropy_bytes(symbol_counts(inner)))
@@ -123,21 +122,28 @@ def encode_positions(mask: np.ndarray, coder: str = "auto", taps: int = 1) -> En
 
 def decode_positions(coder: str, table: bytes, payload: bytes, count: int, numel: int) -> tuple[np.ndarray, float]:
     """The flattened boolean mask of ``numel`` entries from a stream made by :func:`encode_positions`,
-    and the stream's Shannon limit in bytes under its coder's model."""
+    and the stream's Shannon limit in bytes under its coder's model.
+
+    ``count`` (the stream's symbol count, read from a file) is checked against ``numel`` before anything is
+    decoded: no coder writes more symbols than the layer has weights (a gap symbol advances at least one
+    position), so a larger count can only be damage, and decoding it would allocate without bound."""
+    if coder not in POSITION_CODERS[1:]:
+        raise CodingError(f"unknown position coder {coder[:40]!r}")
+    if not 0 <= count <= numel or (coder == "mask" and count != numel):
+        raise CodingError(f"{coder} stream claims {count} symbols for a layer of {numel} weights")
     if coder == "mask":
         bits = decode_stream("bernoulli-ans", table, payload, numel)
         return bits != 0, entropy_bytes(symbol_counts(bits))
     if coder == "kernel-mask":
         return decode_kernel_mask(table, payload, numel)
-    if coder not in POSITION_CODERS[2:]:
-        raise ValueError(f"unknown position coder {coder!r}")
     (cap,), offset = decode_varints(table, 1)
-    if cap < 1:
-        raise ValueError(f"invalid gap cap {cap}")
-    symbols = decode_stream(coder.split("-", 1)[1], table[offset:], payload, count)
+    # The encoder picks a cap from GAP_CAPS; a larger one could overflow the running sum of the gaps.
+    if not 1 <= cap <= GAP_CAPS[-1]:
+        raise CodingError(f"invalid gap cap {cap}")
+    symbols = decode_stream(coder.split("-", 1)[1], table[offset:], payload, count, max_alphabet=int(cap) + 1)
     positions = positions_from_gaps(symbols, int(cap))
     if len(positions) and positions[-1] >= numel:
-        raise ValueError("sparse positions run past the end of the layer")
+        raise CodingError("sparse positions run past the end of the layer")
     mask = np.zeros(numel, dtype=bool)
     mask[positions] = True
     return mask, entropy_bytes(symbol_counts(symbols))

@@ -12,6 +12,7 @@ a pruned model with its pruned weights held at exactly zero, and the mask travel
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Union
@@ -32,6 +33,12 @@ class StdThreshold:
     """Han et al.'s rule: prune the weights with ``|w| < scale * std(w)`` in each layer."""
 
     scale: float | Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        # a scale <= 0 prunes nothing (no |w| lies below it) and NaN compares false with every weight
+        for scale in _spec_values(self.scale):
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"std threshold scales must be finite numbers > 0 (<= 0 prunes nothing), got {scale}")
 
 
 DensitySpec = Union[float, Mapping[str, float], StdThreshold]
@@ -58,12 +65,27 @@ class PruningMask(nn.Module):
 
 def parse_density_spec(text: str) -> DensitySpec:
     """``0.3`` (one global target), ``conv3x3=0.33,classifier=0.2`` (by layer/kind), ``std:0.7``
-    (Han's threshold) or ``deep-compression`` (the released SqueezeNet's layer densities)."""
+    (Han's threshold) or ``deep-compression`` (the released SqueezeNet's layer densities).
+
+    Values are checked here, before any model is loaded: densities must lie in (0, 1] and std scales be
+    finite and > 0 (a scale <= 0 prunes nothing, since no ``|w|`` is below ``scale * std``).
+    """
     if text == "deep-compression":
         return dict(DEEP_COMPRESSION_DENSITIES)
-    if text.startswith("std:"):
-        return StdThreshold(parse_per_layer(text[4:], float, "--density std:"))
-    return parse_per_layer(text, float, "--density")
+    is_std = text.startswith("std:")
+    values = parse_per_layer(text[4:], float, "--density std:") if is_std else parse_per_layer(text, float, "--density")
+    try:
+        if is_std:
+            return StdThreshold(values)
+        for density in _spec_values(values):
+            _check_density(density)
+        return values
+    except ValueError as exc:
+        raise ValueError(f"--density {text}: {exc}") from None
+
+
+def _spec_values(spec: float | Mapping[str, float]) -> list[float]:
+    return list(spec.values()) if isinstance(spec, Mapping) else [spec]
 
 
 def current_mask(module: nn.Module) -> torch.Tensor:

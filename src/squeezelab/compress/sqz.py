@@ -19,6 +19,7 @@ from its registered name and arguments; it never executes code from the file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,14 +28,15 @@ import random
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Mapping, cast
+from typing import Any, Iterator, Mapping, cast
 
 import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
 
-from squeezelab.models.registry import ModelConfig, create_model, set_model_config
+from squeezelab.models.registry import ModelConfig, create_model, model_skeleton, set_model_config
+from squeezelab.utils.errors import DamagedFileError, first_line
 from squeezelab.utils.files import atomic_write_bytes
 
 from .coding import EncodedStream, decode_stream, encode_symbols, entropy_bytes, symbol_counts
@@ -62,7 +64,7 @@ LOG_RANGE = struct.Struct("<ffB")  # natural log of the smallest magnitude, log 
 LOG_SIGN_MODES = ("positive", "negative", "mixed")  # mixed: the top bit of each code is the sign
 
 
-class CompressedFileError(ValueError):
+class CompressedFileError(DamagedFileError):
     """The file is not a readable squeezelab compressed model (message names the file)."""
 
 
@@ -393,12 +395,11 @@ def _folded_state(
 
 
 def _unfolded_state(state: dict[str, torch.Tensor], model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """Running statistics that make folded batch norms apply exactly their stored scale and shift."""
+    """Running statistics that make folded batch norms apply exactly their stored scale and shift (``names``
+    are batch norms of ``model``: the reader checks that before decoding)."""
     state = dict(state)
     norms = batch_norms(model)
     for name in names:
-        if name not in norms:
-            raise CompressedFileError(f"folded batch norm {name!r} is not a batch norm of the model")
         norm = norms[name]
         state[f"{name}.running_mean"] = torch.zeros(norm.num_features)
         state[f"{name}.running_var"] = torch.full((norm.num_features,), 1.0 - norm.eps)
@@ -424,32 +425,51 @@ def _is_buffer_key(key: str) -> bool:
 
 
 # --- reading ----------------------------------------------------------------------------------------
+# A file may be damaged or crafted, and a valid CRC-32 proves nothing about a crafted one. So every count,
+# length and shape it holds is checked against what its model allows before anything is decoded or allocated:
+# the model spec is checked and built on the meta device (shapes, no memory), the stream tables are checked
+# against that skeleton, each stream's counts against its layer, and the real model is built last.
+
+METADATA_LIMIT = 4 << 20  # bytes of inflated metadata; real files need a few kB (1000 ImageNet class names: 20 kB)
+METADATA_DEPTH = 32  # nesting of the metadata's JSON; real files nest 4 deep, a little more in default_cfg.extra
+STORAGES = (*TENSOR_DTYPES, ZEROS, LOG8, *LINEAR_BITS)
+MAX_DIMENSIONS = 8
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+# What malformed content can still raise below a check this reader lacks: turned into CompressedFileError, so
+# that a bad file never shows a traceback (RecursionError is a RuntimeError, so it is listed before those).
+MALFORMED_CONTENT = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError, RecursionError, struct.error, zlib.error)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodedFile:
+    metadata: dict[str, Any]
+    cfg: ModelConfig | None
+    layers: list[_DecodedLayer]
+    tensors: dict[str, torch.Tensor]
 
 
 def load_compressed(path: str | os.PathLike, parametrized: bool = False) -> nn.Module:
     """Decode a ``.sqz`` file into a ready model (in eval mode).
 
     With ``parametrized=True`` the weight-shared layers keep their codebook/assignment parametrization,
-    so the centroids can be fine-tuned further. A missing, truncated, corrupted or foreign file raises
-    an error naming the file; no model is returned unless every part decoded and fitted.
+    so the centroids can be fine-tuned further. A missing file raises FileNotFoundError; a truncated,
+    corrupted, foreign or crafted one CompressedFileError, one line naming the file, within bounded time and
+    memory; no model is returned unless every part decoded and fitted.
     """
-    metadata, model, layers, tensors = _read(path)
-    try:
-        state = _unfolded_state(_plain_state(layers, tensors), model, metadata.get("folded_batch_norm", []))
-        model.load_state_dict(state, strict=True)
-    except CompressedFileError as exc:
-        raise CompressedFileError(f"{path}: {exc}") from None
-    except RuntimeError as exc:
-        raise CompressedFileError(f"{path}: weights do not fit the model: {_first_line(exc)}") from None
-    if parametrized:
-        _restore_weight_sharing(model, layers)
+    path = Path(path)
+    decoded = _read(path)
+    with _refusals(path):
+        model = _built_model(decoded)
+        if parametrized:
+            _restore_weight_sharing(model, decoded.layers)
     return model.eval()
 
 
 def inspect_compressed(path: str | os.PathLike) -> SizeReport:
     """The size report of a ``.sqz`` file (decodes the streams to measure their Shannon limits)."""
-    metadata, _, layers, tensors = _read(path)
-    return _size_report(layers, metadata["tensors"], Path(path).stat().st_size, _plain_state(layers, tensors))
+    decoded = _read(Path(path))
+    state = _plain_state(decoded.layers, decoded.tensors)
+    return _size_report(decoded.layers, decoded.metadata["tensors"], Path(path).stat().st_size, state)
 
 
 def _plain_state(layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -459,38 +479,59 @@ def _plain_state(layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor]) 
     return state
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, Any], nn.Module, list[_DecodedLayer], dict[str, torch.Tensor]]:
-    """The metadata, the model skeleton (rebuilt from the spec; every section is checked against its shapes before it
-    is decoded), the decoded weight-shared layers and the other tensors."""
-    path = Path(path)
+def _read(path: Path) -> _DecodedFile:
+    """The checked metadata, the model's config and the decoded weight-shared layers and other tensors."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     data = path.read_bytes()
-    try:
+    with _refusals(path):
         metadata, body = _checked_parts(data)
-        model = _skeleton(metadata)
-        layers, tensors = _decode_body(metadata, body, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+        skeleton = _skeleton(metadata)
+        _check_tables(metadata, skeleton)
+        cfg = _model_config(metadata)
+        layers, tensors = _decode_body(metadata, body)
+    return _DecodedFile(metadata, cfg, layers, tensors)
+
+
+@contextlib.contextmanager
+def _refusals(path: Path) -> Iterator[None]:
+    """Any failure of reading ``path`` as one CompressedFileError, one line naming the file."""
+    try:
+        yield
     except CompressedFileError as exc:
-        raise CompressedFileError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
-        raise CompressedFileError(f"{path}: damaged compressed model ({_first_line(exc)})") from None
-    return metadata, model, layers, tensors
+        raise CompressedFileError(f"{path}: {first_line(exc)}") from None
+    except MALFORMED_CONTENT as exc:
+        raise CompressedFileError(f"{path}: damaged compressed model ({first_line(exc)})") from None
+    except RuntimeError as exc:  # torch refusing the weights
+        raise CompressedFileError(f"{path}: weights do not fit the model: {first_line(exc)}") from None
 
 
 def _skeleton(metadata: dict[str, Any]) -> nn.Module:
-    spec = metadata["model_spec"]
+    """The model of the file's spec on the meta device: shapes to check the tables against, no memory."""
     try:
-        model = create_model(spec["name"], **spec.get("kwargs", {}))
+        return model_skeleton(metadata["model_spec"])
     except ValueError as exc:
-        raise CompressedFileError(f"cannot rebuild the model: {_first_line(exc)}") from None
-    if metadata.get("default_cfg"):
-        set_model_config(model, ModelConfig.from_dict(metadata["default_cfg"]))
+        raise CompressedFileError(f"cannot rebuild the model: {first_line(exc)}") from None
+
+
+def _model_config(metadata: dict[str, Any]) -> ModelConfig | None:
+    if not metadata.get("default_cfg"):
+        return None
+    try:
+        return ModelConfig.from_dict(metadata["default_cfg"])
+    except ValueError as exc:
+        raise CompressedFileError(first_line(exc)) from None
+
+
+def _built_model(decoded: _DecodedFile) -> nn.Module:
+    """The real model (built only now that every section decoded) with the file's weights."""
+    spec = decoded.metadata["model_spec"]
+    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    if decoded.cfg is not None:
+        set_model_config(model, decoded.cfg)
+    state = _unfolded_state(_plain_state(decoded.layers, decoded.tensors), model, decoded.metadata["folded_batch_norm"])
+    model.load_state_dict(state, strict=True)
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _checked_parts(data: bytes) -> tuple[dict[str, Any], memoryview]:
@@ -502,14 +543,170 @@ def _checked_parts(data: bytes) -> tuple[dict[str, Any], memoryview]:
     _, version, _, meta_length = HEADER.unpack_from(data)
     if version > FORMAT_VERSION:
         raise CompressedFileError(f"format version {version} is newer than this squeezelab reads ({FORMAT_VERSION})")
-    start = HEADER.size
+    if version < 1:
+        raise CompressedFileError(f"unknown format version {version}")
+    body_start = HEADER.size + meta_length
+    if body_start > len(data) - CHECKSUM.size:
+        raise CompressedFileError(f"metadata of {meta_length} bytes runs past the end of the file")
+    metadata = _checked_metadata(_parsed_json(_inflated(data[HEADER.size : body_start])))
+    return metadata, memoryview(data)[body_start : -CHECKSUM.size]
+
+
+def _inflated(raw: bytes) -> bytes:
+    """The metadata's JSON text, refused beyond :data:`METADATA_LIMIT` bytes (a zlib bomb inflates 1000-fold)."""
+    inflater = zlib.decompressobj()
     try:
-        metadata = json.loads(zlib.decompress(data[start : start + meta_length]))
-    except (zlib.error, json.JSONDecodeError) as exc:
+        text = inflater.decompress(raw, METADATA_LIMIT + 1)
+    except zlib.error as exc:
         raise CompressedFileError(f"unreadable metadata ({exc})") from None
-    if metadata.get("format") != "squeezelab-compressed":
+    if len(text) > METADATA_LIMIT:
+        raise CompressedFileError(f"metadata inflates to more than {METADATA_LIMIT} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise CompressedFileError("unreadable metadata (truncated, or followed by stray bytes)")
+    return text
+
+
+def _parsed_json(text: bytes) -> Any:
+    try:
+        value = json.loads(text, parse_constant=_refuse_non_finite)
+    except RecursionError:
+        raise CompressedFileError("metadata is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
+        raise CompressedFileError(f"unreadable metadata ({first_line(exc)})") from None
+    if _nesting_depth(value) > METADATA_DEPTH:
+        raise CompressedFileError(f"metadata is nested more than {METADATA_DEPTH} deep")
+    return value
+
+
+def _refuse_non_finite(constant: str) -> Any:
+    raise ValueError(f"non-finite number {constant} in the metadata")
+
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of nested lists and objects, level by level (a recursive walk could itself overflow the stack)."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [child for item in level if isinstance(item, (list, dict)) for child in (item.values() if isinstance(item, dict) else item)]
+    return depth
+
+
+def _checked_metadata(metadata: Any) -> dict[str, Any]:
+    """``metadata`` if it has the structure :func:`_metadata` writes (the model spec and config are checked with
+    the model, see :func:`_skeleton`); tables of the wrong kinds are refused here, before they are used."""
+    if not isinstance(metadata, dict) or metadata.get("format") != "squeezelab-compressed":
         raise CompressedFileError("metadata is not a squeezelab compressed model")
-    return metadata, memoryview(data)[start + meta_length : -CHECKSUM.size]
+    metadata.setdefault("folded_batch_norm", [])  # absent before format version 2
+    tables = {"layers": _layer_entry_problem, "tensors": _tensor_entry_problem, "folded_batch_norm": _name_problem}
+    for table, problem_of in tables.items():
+        rows = metadata.get(table)
+        if not isinstance(rows, list):
+            raise CompressedFileError(f"metadata: {table} is not a list")
+        for number, row in enumerate(rows):
+            problem = problem_of(row)
+            if problem:
+                raise CompressedFileError(f"metadata: {table} entry {number} {problem}")
+    return metadata
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_DIMENSIONS and all(_is_count(n) for n in value)
+
+
+def _stream_row_problem(row: Any, counts: int) -> str | None:
+    """A stream's row is [coder, then ``counts`` lengths and counts]."""
+    if isinstance(row, list) and len(row) == 1 + counts and isinstance(row[0], str) and all(_is_count(n) for n in row[1:]):
+        return None
+    return f"must be [coder, {counts} counts], got {str(row)[:60]}"
+
+
+def _layer_entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return "is not a named layer"
+    if not _is_shape(entry.get("shape")) or not _is_count(entry.get("nonzeros")) or not _is_count(entry.get("clusters")):
+        return "needs a shape and counts of weights and clusters"
+    if "positions" not in entry:
+        return "has no position stream entry (null for a dense layer)"
+    positions = entry["positions"]
+    return _stream_row_problem(entry.get("index"), 2) or (None if positions is None else _stream_row_problem(positions, 3))
+
+
+def _tensor_entry_problem(entry: Any) -> str | None:
+    if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and entry[1] in STORAGES and _is_shape(entry[2]):
+        return None
+    return f"must be [key, storage, shape], got {str(entry)[:60]}"
+
+
+def _name_problem(name: Any) -> str | None:
+    return None if isinstance(name, str) else "is not a name"
+
+
+def _check_tables(metadata: dict[str, Any], skeleton: nn.Module) -> None:
+    """The file stores exactly the model's tensors, in their shapes, before a byte of them is decoded: each
+    coded layer is a convolution or linear layer of the model, each other tensor is one of its tensors, stored
+    as a floating-point or integer tensor as it is, and none is missing (the statistics of folded batch norms
+    are not stored: decoding sets them)."""
+    state = skeleton.state_dict()
+    norms, prunable = batch_norms(skeleton), prunable_layers(skeleton)
+    folded = metadata["folded_batch_norm"]
+    for name in folded:
+        if name not in norms:
+            raise CompressedFileError(f"folded batch norm {_quoted(name)} is not a batch norm of the model")
+    expected = set(state) - {f"{name}.{buffer}" for name in folded for buffer in BUFFERS}
+    stored: set[str] = set()
+    for entry in metadata["layers"]:
+        if entry["name"] not in prunable:
+            raise CompressedFileError(f"coded layer {_quoted(entry['name'])} is not a convolution or linear layer of the model")
+        _check_stored(f"{entry['name']}.weight", entry["shape"], expected, state, stored)
+    for key, storage, shape in metadata["tensors"]:
+        _check_stored(key, shape, expected, state, stored)
+        if (storage == "int64") == state[key].is_floating_point():
+            raise CompressedFileError(f"{key} is a {state[key].dtype} tensor stored as {storage}")
+    missing = sorted(expected - stored)
+    if missing:
+        raise CompressedFileError(f"lacks {missing[0]}" + (f" and {len(missing) - 1} more tensors" if len(missing) > 1 else ""))
+
+
+def _check_stored(key: str, shape: list[int], expected: set[str], state: dict[str, torch.Tensor], stored: set[str]) -> None:
+    if key not in expected:
+        raise CompressedFileError(f"holds {_quoted(key)}, which the model does not have")
+    if key in stored:
+        raise CompressedFileError(f"holds {key!r} twice")
+    if tuple(shape) != tuple(state[key].shape):
+        raise CompressedFileError(f"{key} has shape {tuple(shape)} in the file, {tuple(state[key].shape)} in the model")
+    stored.add(key)
+
+
+SECTION_FIELDS = {  # the parts of a coded layer, in file order, and the stream-table field holding each one's length
+    "codebook": ("clusters", None),
+    "index-table": ("index", 1),
+    "index-payload": ("index", 2),
+    "position-table": ("positions", 1),
+    "position-payload": ("positions", 2),
+}
+
+
+def section_layout(metadata: dict[str, Any]) -> list[tuple[str, int]]:
+    """The body's sections in file order as ``(label, bytes)``, from a well-formed file's metadata (for tools that
+    inspect or alter files section by section): ``LAYER:PART`` (parts as :data:`SECTION_FIELDS`; position parts
+    only for sparse layers), then each other tensor by its key."""
+    sections = []
+    for entry in metadata["layers"]:
+        for part, (field, position) in SECTION_FIELDS.items():
+            if field == "clusters":
+                sections.append((f"{entry['name']}:{part}", 4 * entry["clusters"]))
+            elif entry[field] is not None:
+                sections.append((f"{entry['name']}:{part}", entry[field][position]))
+    return sections + [(key, _tensor_nbytes(storage, shape)) for key, storage, shape in metadata["tensors"]]
+
+
+def _quoted(name: str, length: int = 60) -> str:
+    """A name read from the file, for a message: quoted, and cut short (a crafted one can be any length)."""
+    return repr(name if len(name) <= length else name[: length - 3] + "...")
 
 
 class _Reader:
@@ -525,18 +722,15 @@ class _Reader:
         return chunk
 
 
-def _decode_body(
-    metadata: dict[str, Any], body: memoryview, shapes: dict[str, tuple[int, ...]]
-) -> tuple[list[_DecodedLayer], dict[str, torch.Tensor]]:
+def _decode_body(metadata: dict[str, Any], body: memoryview) -> tuple[list[_DecodedLayer], dict[str, torch.Tensor]]:
+    """The sections, in the order of the tables (whose shapes :func:`_check_tables` has checked)."""
     reader = _Reader(body)
-    layers = []
-    for entry in metadata["layers"]:
-        _check_shape(f"{entry['name']}.weight", entry["shape"], shapes)
-        layers.append(_decode_layer(entry, reader))
+    layers = [_decode_layer(entry, reader) for entry in metadata["layers"]]
     tensors = {}
-    for key, dtype, shape in metadata["tensors"]:
-        _check_shape(key, shape, shapes)
-        tensors[key] = _decode_tensor(reader.take(_tensor_nbytes(dtype, shape)), dtype, shape)
+    for key, storage, shape in metadata["tensors"]:
+        tensors[key] = _decode_tensor(reader.take(_tensor_nbytes(storage, shape)), storage, shape)
+        if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
+            raise CompressedFileError(f"{key} holds non-finite values")
     if reader.offset != len(body):
         raise CompressedFileError(f"{len(body) - reader.offset} unexpected bytes after the last section")
     return layers, tensors
@@ -545,32 +739,31 @@ def _decode_body(
 def _decode_tensor(raw: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
     if dtype == ZEROS:
         return torch.zeros(shape)
-    if dtype in LINEAR_BITS:
-        return _from_linear_codes(raw, shape, LINEAR_BITS[dtype])
-    if dtype == LOG8:
-        return _from_log_codes(raw, shape)
+    # coded ranges from a damaged file can overflow: the values are checked for finiteness afterwards
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype in LINEAR_BITS:
+            return _from_linear_codes(raw, shape, LINEAR_BITS[dtype])
+        if dtype == LOG8:
+            return _from_log_codes(raw, shape)
     array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
     tensor = torch.from_numpy(array.reshape(shape))
     return tensor.float() if dtype == "float16" else tensor
 
 
-def _check_shape(key: str, shape: list[int], shapes: dict[str, tuple[int, ...]]) -> None:
-    if key not in shapes:
-        raise CompressedFileError(f"holds {key!r}, which the model does not have")
-    if tuple(shape) != shapes[key]:
-        raise CompressedFileError(f"{key} has shape {tuple(shape)} in the file, {shapes[key]} in the model")
-
-
 def _decode_layer(entry: dict[str, Any], reader: _Reader) -> _DecodedLayer:
-    shape = tuple(int(s) for s in entry["shape"])
-    numel = int(np.prod(shape, dtype=np.int64))
-    nonzeros, clusters = int(entry["nonzeros"]), int(entry["clusters"])
-    if not 0 <= nonzeros <= numel or not 0 <= clusters <= max(nonzeros, 1):
+    """One weight-shared layer; its counts are bounded by its shape (checked against the model) before the
+    streams are decoded, so no count in the file decides an allocation."""
+    shape = tuple(entry["shape"])
+    numel = math.prod(shape)
+    nonzeros, clusters = entry["nonzeros"], entry["clusters"]
+    if nonzeros > numel or clusters > max(nonzeros, 1):
         raise CompressedFileError(f"layer {entry['name']}: {nonzeros} weights in {clusters} clusters do not fit {shape}")
     codebook = np.frombuffer(reader.take(4 * clusters), dtype="<f4").astype(np.float32)
+    if not np.isfinite(codebook).all():
+        raise CompressedFileError(f"layer {entry['name']}: its codebook holds non-finite values")
     index_coder, table_length, payload_length = entry["index"]
     index_stream = EncodedStream(index_coder, reader.take(table_length), reader.take(payload_length), nonzeros, 0.0)
-    indices = decode_stream(index_coder, index_stream.table, index_stream.payload, nonzeros)
+    indices = decode_stream(index_coder, index_stream.table, index_stream.payload, nonzeros, max_alphabet=clusters)
     if len(indices) and (indices.max() >= clusters or indices.min() < 0):
         raise CompressedFileError(f"layer {entry['name']}: cluster index outside its codebook")
     index_stream = _with_limit(index_stream, indices)

@@ -8,6 +8,7 @@ so augmentation is reproducible and a resumed run sees the same crops as an unin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,9 @@ class Normalization:
             raise ValueError(f"mean {self.mean} and std {self.std} have different lengths")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        # __call__ divides by it: a model file's pixel_scale of 0 (or NaN) must not reach the pixels
+        if not math.isfinite(self.pixel_scale) or self.pixel_scale <= 0:
+            raise ValueError(f"pixel_scale must be a finite number > 0, got {self.pixel_scale}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
 

@@ -104,7 +104,7 @@ class _Request:
     limit: int | None
     test_fraction: float
     cache: bool
-    download: bool
+    download: bool | None
     progress: bool
 
 
@@ -150,7 +150,7 @@ def build_datasets(
     in_memory: bool | None = None,
     test_fraction: float = 0.2,
     cache: bool = True,
-    download: bool = True,
+    download: bool | None = None,
     progress: bool = True,
 ) -> DatasetSplits:
     """Load data set ``name`` (see :func:`list_datasets`) as train / val / test splits.
@@ -158,7 +158,8 @@ def build_datasets(
     Args:
         root: where the data is: an ``ImageFolder``-style ``<root>/{train,test}/<class>/*`` tree, a
             torchvision download folder, or a folder holding ``cifar10-jpeg``/``MNIST``/``imagenet-sample``.
-            None downloads MNIST/CIFAR-10 into the squeezelab cache; ``digits`` needs no root.
+            None downloads MNIST/CIFAR-10 into the squeezelab cache; ``digits`` needs no root. A root that does
+            not hold the data set is an error naming it (unless ``download=True``): nothing is created there.
         in_chans, input_size: the model's input channels and size (int or (H, W) or (C, H, W));
             default: the data set's own. Grayscale/colour is converted to ``in_chans``.
         val_fraction, seed: the stratified validation split carved from the training data.
@@ -177,7 +178,8 @@ def build_datasets(
         in_memory: decode everything once into memory (default: when the input side is <= 64 px).
         test_fraction: test part of data sets that have no test split (digits, a single image folder).
         cache: keep decoded image folders in the user cache (``$SQUEEZELAB_CACHE`` or ~/.cache/squeezelab).
-        download: let torchvision download MNIST/CIFAR-10 when they are not found.
+        download: let torchvision download MNIST/CIFAR-10 when they are not found. None (default): only
+            into the squeezelab cache, when no ``root`` is given; True: into ``root`` too; False: never.
     """
     source = _source(name)
     if not 0.0 <= val_fraction < 1.0:
@@ -380,8 +382,8 @@ def _load_mnist(request: _Request) -> _Pools:
     folder = _find_folder_layout(request.root, ("MNIST", "mnist"))
     if folder is not None:
         return _folder_pools(folder)
-    root = request.root if request.root is not None else cache_root() / "datasets"
-    train, test = (_torchvision_dataset(MNIST, root, split, request.download) for split in (True, False))
+    root, download = _torchvision_root(request)
+    train, test = (_torchvision_dataset(MNIST, root, split, download) for split in (True, False))
     classes = tuple(str(d) for d in range(10))
     return _Pools(_array_images(train.data.unsqueeze(1), train.targets), _array_images(test.data.unsqueeze(1), test.targets), classes)
 
@@ -392,8 +394,8 @@ def _load_cifar10(request: _Request) -> _Pools:
     folder = _find_folder_layout(request.root, ("cifar10-jpeg", "cifar10", "CIFAR10", "cifar-10"))
     if folder is not None:
         return _folder_pools(folder)
-    root = request.root if request.root is not None else cache_root() / "datasets"
-    train, test = (_torchvision_dataset(CIFAR10, root, split, request.download) for split in (True, False))
+    root, download = _torchvision_root(request)
+    train, test = (_torchvision_dataset(CIFAR10, root, split, download) for split in (True, False))
 
     def images(ds) -> InMemoryImages:
         return _array_images(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets))
@@ -405,13 +407,30 @@ def _array_images(images: torch.Tensor, targets: torch.Tensor) -> InMemoryImages
     return InMemoryImages(images, torch.as_tensor(targets))
 
 
+def _torchvision_root(request: _Request) -> tuple[Path, bool]:
+    """Where torchvision looks for MNIST/CIFAR-10, and whether it may download there.
+
+    Only the squeezelab cache is a download target by default: a root the user names is where their copy
+    is supposed to be, so a wrong path must be reported, not filled with a fresh download (or created).
+    """
+    if request.root is None:
+        return cache_root() / "datasets", request.download is not False
+    if not request.root.is_dir() and not request.download:
+        raise FileNotFoundError(f"{request.root}: no such folder (the data root is read, never created or downloaded into)")
+    return request.root, bool(request.download)
+
+
 def _torchvision_dataset(cls, root: Path, train: bool, download: bool):
     try:
         return cls(str(root), train=train, download=download)
     except RuntimeError as exc:
-        hint = "" if download else " (download=False)"
+        if not download:
+            raise FileNotFoundError(
+                f"{root}: holds no {cls.__name__} data (torchvision's download layout or train/ and test/ class "
+                "folders); give the folder that holds it, or no data root to download into the squeezelab cache"
+            ) from None
         raise FileNotFoundError(
-            f"{root}: {cls.__name__} not found and could not be downloaded{hint}: {str(exc).splitlines()[0]}; "
+            f"{root}: {cls.__name__} not found and could not be downloaded: {str(exc).splitlines()[0]}; "
             f"pass a folder holding the data as root"
         ) from None
 

@@ -25,10 +25,16 @@ import torch.nn as nn
 
 from squeezelab.models import ModelConfig, create_model
 from squeezelab.models.registry import set_model_config
+from squeezelab.utils.errors import DamagedFileError
 
 from .classes import imagenet_class_names
 
 CODEBOOK_SIZE = 256
+FILLER_CODE = 0  # the release codes zero weights (the entries that bridge long gaps) as codebook entry 0
+MAX_GAP = 15  # the largest 4-bit gap value: only after such a gap can a filler entry be needed
+# No checksum exists: values beyond this bound are taken for damage (the release's largest codebook value
+# is 1.7 and its largest bias 4.7; flipping a float32's top exponent bit turns 0.01-1 into 1e36-1e38).
+PLAUSIBLE_MAGNITUDE = 100.0
 CAFFE_ARCH = "squeezenet1_0"
 CAFFE_ARCH_KWARGS = {"final_conv_padding": 1}
 DEFAULT_PROTOTXT_NAME = "SqueezeNet_deploy.prototxt"
@@ -112,7 +118,14 @@ def _caffe_template() -> nn.Module:
 
 
 def decode_caffe_compressed(path: str | os.PathLike) -> list[CompressedLayer]:
-    """Decode every layer of a Deep Compression SqueezeNet v1.0 file (errors name the file)."""
+    """Decode every layer of a Deep Compression SqueezeNet v1.0 file, checking what the format allows.
+
+    The format has no checksum, so only structural damage can be detected: entry counts beyond the layer
+    sizes, missing or trailing bytes, non-finite or implausibly large codebook and bias values, a filler code
+    that is not zero, and position streams that run past their layer, set the unused last nibble, or place
+    zero-weight entries where no gap needed bridging. Every such error is one line naming the file; a changed
+    index, position or in-range value still decodes (see docs/interop.md).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -121,7 +134,7 @@ def decode_caffe_compressed(path: str | os.PathLike) -> list[CompressedLayer]:
     names = caffe_layer_names()
     header_bytes = 4 * len(convs)
     if len(data) < header_bytes:
-        raise ValueError(f"{path}: not a Deep Compression SqueezeNet file (only {len(data)} bytes)")
+        raise _damaged(path, f"only {len(data)} bytes")
     counts = np.frombuffer(data, dtype="<u4", count=len(convs))
     offset = header_bytes
     layers = []
@@ -129,11 +142,13 @@ def decode_caffe_compressed(path: str | os.PathLike) -> list[CompressedLayer]:
         layer, offset = _decode_layer(path, data, offset, caffe_name, module_name, conv, count)
         layers.append(layer)
     if offset != len(data):
-        raise ValueError(
-            f"{path}: {len(data) - offset} unexpected bytes after the last layer (not a Deep Compression "
-            "SqueezeNet v1.0 file)"
-        )
+        raise _damaged(path, f"{len(data) - offset} unexpected bytes after the last layer")
     return layers
+
+
+def _damaged(path: Path, detail: str) -> DamagedFileError:
+    """The one error a damaged or foreign ``.net`` file gets: one line naming the file (the CLI prints it)."""
+    return DamagedFileError(f"{path}: not a Deep Compression SqueezeNet file ({detail})")
 
 
 def _decode_layer(
@@ -143,13 +158,10 @@ def _decode_layer(
     shape = (out_channels, in_channels, kh, kw)
     numel = int(np.prod(shape))
     if not 0 < count <= numel:
-        raise ValueError(
-            f"{path}: layer {caffe_name} claims {count} stored entries for a {numel}-weight tensor "
-            "(not a Deep Compression SqueezeNet v1.0 file)"
-        )
+        raise _damaged(path, f"layer {caffe_name} claims {count} stored entries for a {numel}-weight tensor")
     sizes = (4 * CODEBOOK_SIZE, 4 * out_channels, count, (count + 1) // 2)
     if offset + sum(sizes) > len(data):
-        raise ValueError(f"{path}: truncated in layer {caffe_name} ({len(data)} bytes)")
+        raise _damaged(path, f"truncated in layer {caffe_name} ({len(data)} bytes)")
     codebook = np.frombuffer(data, dtype="<f4", count=CODEBOOK_SIZE, offset=offset).astype(np.float32)
     offset += sizes[0]
     bias = np.frombuffer(data, dtype="<f4", count=out_channels, offset=offset).astype(np.float32)
@@ -158,18 +170,46 @@ def _decode_layer(
     offset += sizes[2]
     packed = np.frombuffer(data, dtype=np.uint8, count=sizes[3], offset=offset)
     offset += sizes[3]
+    _check_values(path, caffe_name, codebook, bias)
+    gaps = _gaps(path, caffe_name, packed, count)
+    _check_fillers(path, caffe_name, codebook[indices] == 0, gaps)
+    positions = np.cumsum(gaps + 1) - 1
+    if positions[-1] >= numel:
+        raise _damaged(path, f"layer {caffe_name} positions run past its {numel} weights (corrupt position stream)")
+    layer = CompressedLayer(caffe_name, module_name, shape, codebook, bias, indices, positions)
+    return layer, offset
+
+
+def _check_values(path: Path, caffe_name: str, codebook: np.ndarray, bias: np.ndarray) -> None:
+    """Codebook and biases finite and of a magnitude a trained network has; the filler code exactly zero."""
+    for what, values in (("codebook", codebook), ("bias", bias)):
+        if not np.isfinite(values).all():
+            raise _damaged(path, f"layer {caffe_name} holds non-finite {what} values")
+        largest = float(np.abs(values).max())
+        if largest > PLAUSIBLE_MAGNITUDE:
+            raise _damaged(path, f"layer {caffe_name} holds a {what} value of magnitude {largest:.3g} (> {PLAUSIBLE_MAGNITUDE:g})")
+    if codebook[FILLER_CODE] != 0:
+        raise _damaged(path, f"layer {caffe_name}: codebook entry {FILLER_CODE}, the filler code, is {codebook[FILLER_CODE]:.3g}, not 0")
+
+
+def _gaps(path: Path, caffe_name: str, packed: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` 4-bit gaps, low nibble first; an odd count leaves the last high nibble unused (zero)."""
     gaps = np.empty(2 * len(packed), dtype=np.int64)
     gaps[0::2] = packed & 0x0F
     gaps[1::2] = packed >> 4
-    positions = np.cumsum(gaps[:count] + 1) - 1
-    if positions[-1] >= numel:
-        raise ValueError(
-            f"{path}: layer {caffe_name} positions run past its {numel} weights (corrupt position stream)"
-        )
-    if not (np.isfinite(codebook).all() and np.isfinite(bias).all()):
-        raise ValueError(f"{path}: layer {caffe_name} holds non-finite codebook or bias values (corrupt file)")
-    layer = CompressedLayer(caffe_name, module_name, shape, codebook, bias, indices, positions)
-    return layer, offset
+    if count % 2 and gaps[-1] != 0:
+        raise _damaged(path, f"layer {caffe_name}: the unused last nibble of its position stream is {gaps[-1]}, not 0")
+    return gaps[:count]
+
+
+def _check_fillers(path: Path, caffe_name: str, is_filler: np.ndarray, gaps: np.ndarray) -> None:
+    """Zero-weight entries exist only to bridge gaps longer than 4 bits hold: each sits at the longest gap, and
+    the last entry (which bridges to nothing) is a real weight."""
+    misplaced = np.flatnonzero(is_filler & (gaps != MAX_GAP))
+    if len(misplaced):
+        raise _damaged(path, f"layer {caffe_name}: entry {misplaced[0]} codes a zero weight but bridges no gap")
+    if is_filler[-1]:
+        raise _damaged(path, f"layer {caffe_name} ends with a zero-weight entry (a filler bridging nothing)")
 
 
 def read_prototxt_convolutions(path: str | os.PathLike) -> list[CaffeConvolution]:

@@ -12,6 +12,7 @@ int8 data by copying instead of re-quantizing every element (about 10% of Squeez
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -24,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from squeezelab.data.folders import is_image_file
-from squeezelab.data.images import ImageDecodeError, load_pil_image
+from squeezelab.data.images import load_pil_image
 from squeezelab.data.transforms import eval_transform
 from squeezelab.models import ModelConfig
 from squeezelab.utils.files import atomic_write_bytes
@@ -62,7 +63,9 @@ def calibration_batch(
 ) -> np.ndarray:
     """``count`` preprocessed calibration inputs (N x C x H x W float32) drawn from real images.
 
-    Files are drawn with a fixed ``seed``; unreadable files are skipped. Small images become mosaics.
+    Files are drawn with a fixed ``seed``; small images become mosaics. A file that cannot be decoded is an
+    error naming it (:class:`~squeezelab.data.images.ImageDecodeError`): skipping it would silently
+    calibrate on fewer images than asked for, which narrows the activation ranges the int8 model is built with.
     """
     if count < 1:
         raise ValueError(f"calibration count must be >= 1, got {count}")
@@ -78,36 +81,21 @@ def calibration_batch(
             if len(inputs) == count:
                 break
     if not inputs:
-        raise ValueError(f"{source}: none of the calibration images could be read")
+        raise ValueError(f"{source}: no calibration images")
     return np.stack(inputs).astype(np.float32)
 
 
 def _calibration_images(files: Iterator[Path], cfg: ModelConfig) -> Iterator[Image.Image]:
     in_chans = cfg.input_size[0]
     for path in files:
-        try:
-            image = load_pil_image(path, in_chans)
-        except ImageDecodeError:
-            continue
+        image = load_pil_image(path, in_chans)
         tile = min(image.size)
         if tile >= MOSAIC_RATIO * cfg.resize_size:
             yield image
             continue
         grid = max(1, round(cfg.resize_size / tile))
-        tiles = [image, *_readable(files, in_chans, grid * grid - 1)]
+        tiles = [image, *(load_pil_image(p, in_chans) for p in itertools.islice(files, grid * grid - 1))]
         yield _mosaic(tiles, grid, tile)
-
-
-def _readable(files: Iterator[Path], in_chans: int, count: int) -> list[Image.Image]:
-    images: list[Image.Image] = []
-    for path in files:
-        if len(images) == count:
-            break
-        try:
-            images.append(load_pil_image(path, in_chans))
-        except ImageDecodeError:
-            continue
-    return images
 
 
 def _mosaic(tiles: list[Image.Image], grid: int, tile: int) -> Image.Image:

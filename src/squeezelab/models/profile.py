@@ -59,6 +59,15 @@ def _run_counted(model: nn.Module, x: torch.Tensor, hooks_target: list[nn.Module
     return counter
 
 
+def check_input_size(model: nn.Module, input_size: tuple[int, int, int]) -> None:
+    """Raise :class:`InputTooSmallError` (one line) if a ``(C, H, W)`` image cannot pass through ``model``.
+
+    One probe forward pass of a single zero image, the one ``count_macs`` runs: commands check a user's
+    input size with it before training, evaluating or exporting starts.
+    """
+    _run_counted(model, _probe_input(model, input_size))
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Multiply-accumulates of one forward pass on a single image of ``input_size`` (C, H, W)."""
     counter = _run_counted(model, _probe_input(model, input_size))

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import asdict, dataclass, field, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from squeezelab.utils.errors import first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,11 +56,57 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """The config a file stored with :meth:`to_dict`; a field of the wrong kind (the file is damaged or
+        hostile) raises ValueError naming it, fields the file lacks keep their defaults (older files)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"default_cfg: expected a mapping, got {type(data).__name__}")
+        unknown = sorted(str(key) for key in data if key not in _CONFIG_FIELD_CHECKS)
+        if unknown:
+            raise ValueError(f"default_cfg: unknown fields {', '.join(unknown)}")
+        for key, value in data.items():
+            check, expected = _CONFIG_FIELD_CHECKS[key]
+            if not check(value):
+                raise ValueError(f"default_cfg: {key} must be {expected}, got {_abridged_repr(value)}")
         data = dict(data)
         for key in ("input_size", "mean", "std", "class_names"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (bool is an int to Python, not to a file format)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_sequence_of(value: Any, check: Callable[[Any], bool]) -> bool:
+    return isinstance(value, (list, tuple)) and all(check(item) for item in value)
+
+
+def _abridged_repr(value: Any, length: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
+_CONFIG_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "input_size": (lambda v: _is_sequence_of(v, lambda n: _is_int(n) and n >= 1) and len(v) == 3, "three positive integers"),
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "mean": (lambda v: _is_sequence_of(v, _is_number) and len(v) >= 1, "finite numbers"),
+    "std": (lambda v: _is_sequence_of(v, _is_number) and len(v) >= 1, "finite numbers"),
+    "resize_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "interpolation": (lambda v: isinstance(v, str), "a string"),
+    "channel_order": (lambda v: isinstance(v, str), "a string"),
+    "pixel_scale": (_is_number, "a finite number"),
+    "class_names": (lambda v: v is None or _is_sequence_of(v, lambda n: isinstance(n, str)), "strings or None"),
+    "dataset": (lambda v: isinstance(v, str), "a string"),
+    "extra": (lambda v: isinstance(v, dict), "a mapping"),
+    "antialias": (lambda v: isinstance(v, bool), "true or false"),
+}
+assert set(_CONFIG_FIELD_CHECKS) == {f.name for f in fields(ModelConfig)}
 
 
 IMAGENET_CFG = ModelConfig()
@@ -171,3 +222,84 @@ def _adapted_config(cfg: ModelConfig, num_classes: int, in_chans: int) -> ModelC
         changes["mean"] = (mean_value,) * in_chans
         changes["std"] = (std_value,) * in_chans
     return replace(cfg, **changes)
+
+
+# --- checking a model spec read from a file -----------------------------------------------------------
+# A file's ``model_spec`` decides what gets built, so it is checked before anything is: arguments of the kinds
+# and sizes builders take, then the model on the meta device (shapes without memory), whose size is bounded.
+
+MAX_NUM_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_IN_CHANS = 1_024
+MAX_BLOCKS = 64  # num_fires and each of depths: one module is built per block, so they bound building time
+MAX_ARGUMENT = 65_536  # any other number: channel counts, widths, fire numbers, ratios
+MAX_LIST_LENGTH = 256  # fire_specs, block_widths (one entry per block), remove_fires, widths
+MAX_STRING_LENGTH = 64
+MAX_MODEL_PARAMETERS = 1 << 28  # 268 million (1 GiB of float32); vgg19, the largest registered model, has 143.7M
+ARGUMENT_RANGES = {"num_classes": (1, MAX_NUM_CLASSES), "in_chans": (1, MAX_IN_CHANS), "num_fires": (1, MAX_BLOCKS), "depths": (1, MAX_BLOCKS)}
+
+
+def check_model_spec(spec: Any) -> None:
+    """Refuse a model spec that is not ``{"name": registered model, "kwargs": {...}}`` with arguments of the
+    kinds builders take (numbers, strings, booleans, None, short lists of them, lists of such lists) within
+    sane ranges: no negative numbers, no non-finite ones, ``num_classes`` at most :data:`MAX_NUM_CLASSES`,
+    ``in_chans`` at most :data:`MAX_IN_CHANS`, block counts at most :data:`MAX_BLOCKS`, anything else at most
+    :data:`MAX_ARGUMENT`. Raises ValueError saying what is wrong. (Building it may still refuse arguments,
+    see :func:`model_skeleton`.)"""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not set(spec) <= {"name", "kwargs"}:
+        raise ValueError(f"model spec must be {{'name': ..., 'kwargs': {{...}}}}, got {_abridged_repr(spec)}")
+    _entry(spec["name"])  # UnknownModelError, with close matches
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+        raise ValueError(f"model spec: kwargs must map argument names to values, got {_abridged_repr(kwargs)}")
+    for key, value in kwargs.items():
+        problem = _argument_problem(value, ARGUMENT_RANGES.get(key, (0, MAX_ARGUMENT)), nesting=2)
+        if problem:
+            raise ValueError(f"model spec: argument {key}={_abridged_repr(value)}: {problem}")
+
+
+def _argument_problem(value: Any, bounds: tuple[int, int], nesting: int) -> str | None:
+    """What is wrong with one builder argument (None if nothing); lists may nest ``nesting`` deep."""
+    low, high = bounds
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return None if len(value) <= MAX_STRING_LENGTH else f"strings are at most {MAX_STRING_LENGTH} characters"
+    if isinstance(value, (int, float)):
+        return None if _is_number(value) and low <= value <= high else f"must be a finite number from {low} to {high}"
+    if isinstance(value, (list, tuple)) and nesting > 0:
+        if len(value) > MAX_LIST_LENGTH:
+            return f"lists hold at most {MAX_LIST_LENGTH} items"
+        return next((p for p in (_argument_problem(item, bounds, nesting - 1) for item in value) if p), None)
+    return f"not a number, string, boolean or list of them ({type(value).__name__})"
+
+
+class _NoMetaInitialisation(TorchFunctionMode):
+    """Skips ``normal_`` while building on the meta device: it fills nothing there, but its meta kernel is
+    written in Python and its first use imports a second or more of torch internals (the other initialisers
+    are cheap)."""
+
+    SKIPPED = (torch.Tensor.normal_, torch.nn.init.normal_)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIPPED:
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def model_skeleton(spec: Any) -> nn.Module:
+    """The model a spec read from a file describes, on the meta device: every parameter and buffer with its
+    shape and dtype but no memory and no initialisation, so that a file's tables can be checked against it
+    before anything is allocated. Checks the spec (:func:`check_model_spec`) first and refuses a model of
+    more than :data:`MAX_MODEL_PARAMETERS` parameters; raises ValueError."""
+    check_model_spec(spec)
+    try:
+        with torch.device("meta"), _NoMetaInitialisation():
+            model = create_model(spec["name"], **spec.get("kwargs", {}))
+    # the builders check their arguments with ValueError; arguments they do not anticipate (a zero width, an
+    # unknown layout key) end in these from the arithmetic and lookups inside them
+    except (ValueError, TypeError, RuntimeError, ArithmeticError, LookupError) as exc:
+        raise ValueError(f"model spec: {spec['name']} cannot be built from these arguments ({first_line(exc)})") from None
+    parameters = sum(tensor.numel() for tensor in model.state_dict().values())
+    if parameters > MAX_MODEL_PARAMETERS:
+        raise ValueError(f"model spec: {spec['name']} with these arguments has {parameters:,} parameters, more than {MAX_MODEL_PARAMETERS:,}")
+    return model

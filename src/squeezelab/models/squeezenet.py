@@ -353,6 +353,20 @@ def squeezenet1_1_cifar(**kwargs) -> SqueezeNet:
     return build_squeezenet("v1_1_small", **kwargs)
 
 
+# What the plain network lacks to train from scratch at SGD's usual learning rate (0.1): without batch norm
+# it sits at chance for hundreds of steps, and behind the final ReLU a class unit pushed negative by one
+# large step never gets a gradient again (on the 1,293 digits both killed every class output in 30 epochs).
+TRAINABLE_SQUEEZENET_KWARGS = {"batch_norm": "all", "final_relu": False}
+
+
+@register_model(CIFAR10_CFG)
+def squeezenet_bn_cifar(**kwargs) -> SqueezeNet:
+    """``squeezenet1_1_cifar`` built to train from scratch: batch norm after every convolution and linear
+    class scores (no final ReLU). The default model of ``squeezelab train``; keyword arguments override
+    either (the CIFAR-10 recipe adds ``bypass="simple", dropout=0.0``)."""
+    return build_squeezenet("v1_1_small", **{**TRAINABLE_SQUEEZENET_KWARGS, **kwargs})
+
+
 @register_model(MNIST_CFG)
 def squeezenet1_0_mnist(**kwargs) -> SqueezeNet:
     """v1.0 fires for 28x28 one-channel digits: the small-input stem, pools after fire4 and fire8 (28 -> 14 -> 7)."""

@@ -1,6 +1,7 @@
 """Training checkpoints: a model file (``models/files.py`` format) plus the state needed to resume.
 
-Everything stored is tensors or plain containers, so checkpoints load with ``weights_only=True``. Random
+Everything stored is tensors or plain containers, so checkpoints load with ``weights_only=True``; the
+writer stores a digest of it that loading verifies (``squeezelab.utils.files``). Random
 state is not stored: every random stream is re-seeded from ``(seed, epoch)`` at the start of each epoch (see
 ``squeezelab.data.loaders``), so resuming at an epoch boundary reproduces an uninterrupted run exactly.
 """
@@ -8,13 +9,14 @@ state is not stored: every random stream is re-seeded from ``(seed, epoch)`` at 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record, model_record
 from squeezelab.models.registry import create_model
+from squeezelab.utils.errors import DamagedFileError
 from squeezelab.utils.files import atomic_torch_save, safe_torch_load
 
 from .config import TrainConfig
@@ -36,10 +38,55 @@ def save_checkpoint(path: Path, model: nn.Module, **state: Any) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's record, checked to hold a ``state_dict`` of tensors (its other entries: :func:`resume_state`)."""
     record = safe_torch_load(path)
     if not isinstance(record, dict) or "state_dict" not in record:
-        raise ValueError(f"{path}: not a squeezelab checkpoint (no state_dict)")
+        raise DamagedFileError(f"{path}: not a squeezelab checkpoint (no state_dict)")
+    _check_field(record, "state_dict", _is_tensor_mapping, "a mapping of names to tensors", path)
     return record
+
+
+def _is_tensor_mapping(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+# What resuming reads besides the weights: field -> (check, what it must be, required)
+_RESUME_FIELDS: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
+    "optimizer": (lambda v: isinstance(v, dict), "a mapping", True),
+    "scheduler": (lambda v: isinstance(v, dict), "a mapping", True),
+    "scaler": (lambda v: isinstance(v, dict), "a mapping", True),
+    "epoch": (_is_count, "a whole number >= 0", True),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v), "a list of mappings", True),
+    "best_epoch": (_is_count, "a whole number >= 0", True),
+    "best_val_top1": (_is_number_or_none, "a number or null", True),
+    "seconds": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", False),
+    "config": (lambda v: isinstance(v, dict), "a mapping", False),
+    "training_weights": (_is_tensor_mapping, "a mapping of names to tensors", False),
+    "weight_average": (lambda v: isinstance(v, dict), "a mapping", False),
+}
+
+
+def resume_state(record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``record`` (from :func:`load_checkpoint`), checked to hold what resuming a run reads, of the right kinds."""
+    for name, (check, expected, required) in _RESUME_FIELDS.items():
+        if name in record or required:
+            _check_field(record, name, check, expected, path)
+    return record
+
+
+def _check_field(record: dict[str, Any], name: str, check: Callable[[Any], bool], expected: str, path: Path) -> None:
+    if name not in record:
+        raise DamagedFileError(f"{path}: not a resumable checkpoint: no {name!r}")
+    if not check(record[name]):
+        raise DamagedFileError(f"{path}: {name!r} must be {expected}, got {type(record[name]).__name__}")
 
 
 def load_weights(model: nn.Module, record: dict[str, Any], source: str) -> None:
@@ -64,8 +111,9 @@ def trained_model_from_record(
 ) -> nn.Module:
     """:func:`load_trained_model` for an already loaded file (``path`` names it in errors)."""
     if isinstance(record, dict) and record.get("format") == MODEL_FILE_FORMAT:
-        spec_name = record["model_spec"]["name"]
-        if model_name is not None and model_name != spec_name:
+        spec = record.get("model_spec")
+        spec_name = spec.get("name") if isinstance(spec, dict) else None  # a bad spec: model_from_record says why
+        if model_name is not None and spec_name is not None and model_name != spec_name:
             raise ValueError(f"{path}: holds a {spec_name!r} model, not {model_name!r}")
         return model_from_record(record, str(path))
     state_dict = record.get("state_dict", record) if isinstance(record, dict) else None

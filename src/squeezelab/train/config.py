@@ -28,8 +28,9 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 class TrainConfig:
     """Model, data and optimisation settings of one run (see docs/training.md for each field)."""
 
-    # model (used by train_from_config; fit() takes a built model and records its spec here)
-    model: str = "squeezenet1_1_cifar"
+    # model (used by train_from_config; fit() takes a built model and records its spec here). The default
+    # has batch norm and no final ReLU: the plain squeezenet1_1_cifar trained to chance with these defaults.
+    model: str = "squeezenet_bn_cifar"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # data
     dataset: str = "cifar10"
@@ -99,6 +100,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self._check_finite_numbers()
         self._check_choice("optimizer", OPTIMIZERS)
         self._check_choice("schedule", SCHEDULES)
         self._check_choice("device", DEVICES)
@@ -110,6 +112,10 @@ class TrainConfig:
         self._check_choice("whitening", WHITENING_MODES)
         self._check_choice("tta", TTA_MODES)
         self._check_fast_training()
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"model_kwargs: must be a mapping of builder arguments, got {self.model_kwargs!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed: must be a whole number >= 0, got {self.seed!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accumulate": self.accumulate, "step_size": self.step_size}
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
@@ -160,6 +166,14 @@ class TrainConfig:
             raise ValueError(f"whitening_bias_epochs: must be a whole number >= 0 or null, got {self.whitening_bias_epochs!r}")
         if self.whitening_bias_epochs is not None and self.whitening == "none":
             raise ValueError("whitening_bias_epochs: set, but whitening is none")
+
+    def _check_finite_numbers(self) -> None:
+        # NaN passes every range check below (all its comparisons are false), so it is refused first, with inf
+        for item in fields(self):
+            value = getattr(self, item.name)
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+                raise ValueError(f"{item.name}: must be a finite number, got {value}")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

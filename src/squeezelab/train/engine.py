@@ -25,9 +25,11 @@ from tqdm import tqdm
 from squeezelab.data import DatasetSplits, InMemoryImages, Loaders, build_loaders, epoch_seed
 from squeezelab.models.profile import count_params
 from squeezelab.models.registry import ModelConfig, set_model_config
+from squeezelab.utils.errors import DamagedFileError, first_line
+from squeezelab.utils.files import remove_stale_temporaries
 
 from .averaging import WeightAverage
-from .checkpoint import BEST, LAST, load_checkpoint, load_trained_model, load_weights
+from .checkpoint import BEST, LAST, load_checkpoint, load_trained_model, load_weights, resume_state
 from .config import TrainConfig
 from .device import DistInfo, autocast, grad_scaler, join_process_group, resolve_amp, resolve_device
 from .evaluate import evaluate
@@ -55,6 +57,9 @@ class FitResult:
     test: dict[str, Any] | None
     run_dir: Path | None
     seconds: float
+    # why the trained model is useless (it predicts one class for every image), or None; the command line
+    # exits non-zero with it
+    collapse: str | None = None
 
 
 @dataclass
@@ -127,6 +132,7 @@ def fit(
         say(f"training {config.model} on {loaders.splits.describe()} | {device}, amp {_dtype_name(amp)}, "
             f"{count_params(model):,} parameters, {config.epochs} epochs")
     dead_outputs = _DeadOutputWatch(list(loaders.splits.class_names))
+    last_val: dict[str, Any] | None = None  # the final validation, for a run without a test split
     try:
         for epoch in range(state.epoch, config.epochs):
             epoch_start = time.perf_counter()
@@ -144,6 +150,8 @@ def fit(
             with averager.averaged(model) if averager is not None else contextlib.nullcontext():
                 val = evaluate(model, loaders.val, device, amp=amp, channels_last=config.channels_last) if loaders.val else None
                 if val is not None:
+                    last_val = val
+                    _check_finite_validation(val["loss"], epoch)
                     dead_outputs.update(val["constant_outputs"], last_epoch=epoch + 1 == config.epochs)
                 row = _history_row(epoch, train, val, optimizer, time.perf_counter() - epoch_start)
                 state.history.append(row)
@@ -176,7 +184,8 @@ def fit(
             test["tta"] = {"mode": config.tta, **{k: tta[k] for k in ("top1", "top5", "loss")}}
             say(f"test with tta {config.tta}: top-1 {tta['top1']:.2f}%  top-5 {tta['top5']:.2f}%  loss {tta['loss']:.4f}")
     written = run.path if run.enabled else None
-    result = FitResult(model, state.history, state.best_epoch, state.best_val_top1, test, written, state.seconds)
+    collapse = collapse_reason(test or last_val, loaders.splits.class_names)
+    result = FitResult(model, state.history, state.best_epoch, state.best_val_top1, test, written, state.seconds, collapse)
     run.write_results(_results_json(result, config, loaders.splits, model), test["confusion"] if test else None, loaders.splits.class_names)
     if own_group:
         dist.destroy_process_group()
@@ -403,6 +412,13 @@ def _train_epoch(
     }
 
 
+def _check_finite_validation(loss: float, epoch: int) -> None:
+    """Stop before saving an epoch whose weights give a non-finite validation loss: a finite training loss
+    does not prove them sound (a last step can blow up the weights, or autocast overflow on other data)."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"validation loss became {loss} at epoch {epoch + 1}")
+
+
 def _history_row(epoch: int, train: dict, val: dict | None, optimizer, seconds: float) -> dict[str, Any]:
     return {
         "epoch": epoch + 1,
@@ -446,6 +462,25 @@ class _DeadOutputWatch:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def collapse_reason(metrics: dict[str, Any] | None, class_names: list[str] | tuple[str, ...] | None) -> str | None:
+    """Why a trained model is useless, judged on an evaluation: every class output gave the same logit for
+    every image (they all died), so it answers one class whatever the image; or None.
+
+    An undertrained model that happens to prefer one class still varies its logits: that is not a collapse.
+    """
+    if metrics is None or metrics["images"] < 2:
+        return None
+    confusion = metrics["confusion"]
+    if len(metrics["constant_outputs"]) < len(confusion):
+        return None
+    predicted = [column for column, counts in enumerate(zip(*confusion)) if any(counts)]
+    name = ", ".join(class_names[c] if class_names else str(c) for c in predicted)
+    return (
+        f"training failed: the model predicts class {name} for all {metrics['images']:,} images (top-1 {metrics['top1']:.2f}%), "
+        "its class outputs died; lower the learning rate or use batch norm and no final ReLU (the default model, squeezenet_bn_cifar)"
+    )
 
 
 def _epoch_line(row: dict, epochs: int, best: bool) -> str:
@@ -492,21 +527,34 @@ def _resume(run: RunDir, model, optimizer, scheduler, scaler, averager: WeightAv
     last = run.path / LAST
     if not last.is_file():
         raise FileNotFoundError(f"{last}: no checkpoint to resume from")
-    record = load_checkpoint(last)
+    # left by a writer killed mid-save; only the writing process looks (another machine's live writer
+    # would look dead from here)
+    removed = remove_stale_temporaries(run.path) if run.enabled else []
+    if removed:
+        say(f"removed {len(removed)} unfinished temporary file(s) of a killed run: {', '.join(p.name for p in removed)}")
+    record = resume_state(load_checkpoint(last), last)
     _check_same_config(record.get("config", {}), config, last)
     load_weights(model, record, str(last))
     if "training_weights" in record:  # EMA: the checkpoint's weights are the average, not the trained ones
         load_weights(model, {"state_dict": record["training_weights"]}, str(last))
     if averager is not None:
-        averager.load_state_dict(record.get("weight_average", {}), model)
-    optimizer.load_state_dict(record["optimizer"])
-    scheduler.load_state_dict(record["scheduler"])
-    scaler.load_state_dict(record["scaler"])
+        _load_part(lambda saved: averager.load_state_dict(saved, model), record.get("weight_average", {}), last, "weight_average")
+    for name, part in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        _load_part(part.load_state_dict, record[name], last, name)
     best_file = run.path / BEST
     best_weights = load_checkpoint(best_file)["state_dict"] if best_file.is_file() else None
     state = _State(record["epoch"], list(record["history"]), record["best_epoch"], record["best_val_top1"], best_weights, record.get("seconds", 0.0))
     say(f"resuming {run.path} after epoch {state.epoch}")
     return state
+
+
+def _load_part(load_state_dict: Callable[[Any], Any], saved: Any, path: Path, name: str) -> None:
+    """``load_state_dict(saved)`` for the checkpoint's entry ``name``; an entry that does not fit (a crafted
+    file, or one from another model) raises one line naming the file and the entry."""
+    try:
+        load_state_dict(saved)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise DamagedFileError(f"{path}: its {name!r} does not fit this run ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _check_same_config(saved: dict[str, Any], config: TrainConfig, source: Path) -> None:

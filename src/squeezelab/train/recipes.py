@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from squeezelab.data import DatasetSplits, build_datasets, build_loaders, dataset_options_from_config
+from squeezelab.data.augment import Normalization
 from squeezelab.models import create_model, get_model_config
+from squeezelab.models.profile import check_input_size
 from squeezelab.models.registry import model_config
+from squeezelab.utils.errors import DamagedFileError, first_line
 from squeezelab.utils.files import safe_torch_load
 
 from .checkpoint import trained_model_from_record
@@ -64,7 +67,9 @@ def build_run_data(config: TrainConfig, progress: bool = True) -> DatasetSplits:
 def build_run_model(config: TrainConfig, splits: DatasetSplits) -> torch.nn.Module:
     """The config's model for the data's classes and channels, initialised from the config's seed."""
     torch.manual_seed(config.seed)
-    return create_model(config.model, num_classes=splits.num_classes, in_chans=splits.input_size[0], **config.model_kwargs)
+    model = create_model(config.model, num_classes=splits.num_classes, in_chans=splits.input_size[0], **config.model_kwargs)
+    check_input_size(model, splits.input_size)
+    return model
 
 
 def train_from_config(
@@ -139,15 +144,16 @@ def evaluate_checkpoint(
     record = safe_torch_load(checkpoint) if model is None else {}
     if model is None:
         model = trained_model_from_record(record, str(checkpoint), model_name)
-    options = dataset_options_from_config(model_config(model))
+    options = _preprocessing_of(model, str(checkpoint))
     if input_size is not None:
         options["input_size"] = tuple(input_size[-2:])
-    run_config = record.get("config", {}) if isinstance(record, dict) else {}
+        check_input_size(model, (model_config(model).input_size[0], *options["input_size"]))
+    val_fraction, seed = _split_settings(record, str(checkpoint))
     splits = build_datasets(
         dataset,
         root,
-        val_fraction=run_config.get("val_fraction", 0.1),
-        seed=run_config.get("seed", 0),
+        val_fraction=val_fraction,
+        seed=seed,
         augment=False,
         limit=limit,
         progress=progress,
@@ -164,3 +170,28 @@ def evaluate_checkpoint(
         augmented = evaluate(model, loader, target, amp=amp_dtype, progress=progress, desc=f"{split} tta", tta=tta)
         metrics["tta"] = {"mode": tta, **{k: augmented[k] for k in ("top1", "top5", "loss")}}
     return metrics, splits
+
+
+def _preprocessing_of(model: torch.nn.Module, source: str) -> dict[str, Any]:
+    """The data-set options that preprocess images for ``model`` as in training, checked before any data is
+    read: they come from the file's ``default_cfg`` (a pixel_scale of 0 would divide by zero)."""
+    cfg = model_config(model)
+    try:
+        Normalization.from_config(cfg)
+    except ValueError as exc:
+        raise DamagedFileError(f"{source}: default_cfg: {first_line(exc)}") from None
+    return dataset_options_from_config(cfg)
+
+
+def _split_settings(record: Any, source: str) -> tuple[float, int]:
+    """``(val_fraction, seed)`` the checkpoint's run split its data with (defaults for files without a
+    training config), so that ``split="val"`` rebuilds the run's validation images."""
+    config = record.get("config", {}) if isinstance(record, dict) else {}
+    if not isinstance(config, dict):
+        raise DamagedFileError(f"{source}: 'config' must be a mapping of settings, got {type(config).__name__}")
+    val_fraction, seed = config.get("val_fraction", 0.1), config.get("seed", 0)
+    if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
+        raise DamagedFileError(f"{source}: config.val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DamagedFileError(f"{source}: config.seed must be a whole number, got {seed!r}")
+    return float(val_fraction), seed

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch.nn as nn
 
-from squeezelab.utils.files import atomic_write_text
+from squeezelab.utils.files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 
-from .checkpoint import save_checkpoint
+from .checkpoint import BEST, LAST, save_checkpoint
 from .config import TrainConfig
 from .plots import plot_confusion, plot_curves
 
@@ -33,6 +32,9 @@ CURVES = "curves.png"
 RESULTS = "results.json"
 CONFUSION_CSV = "confusion_matrix.csv"
 CONFUSION_PNG = "confusion_matrix.png"
+RUN_FILES = (CONFIG, METRICS, CURVES, LAST, BEST, RESULTS, CONFUSION_CSV, CONFUSION_PNG)
+# files that make a folder hold a run worth keeping (a run killed in its first epoch has only its config)
+RUN_RESULTS = (LAST, BEST, RESULTS)
 METRIC_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "epoch_time")
 
 
@@ -70,9 +72,25 @@ class RunDir:
     def write_results(self, results: dict[str, Any], confusion: list[list[int]] | None, class_names: Sequence[str]) -> None:
         if self._folder is None:
             return
-        atomic_write_text(self._folder / RESULTS, json.dumps(results, indent=2) + "\n")
+        atomic_write_json(self._folder / RESULTS, results)
         if confusion is not None:
             write_confusion(self._folder, confusion, class_names, f"test confusion ({results.get('model', '')})")
+
+
+def prepare_new_run(path: str | Path, overwrite: bool = False) -> None:
+    """Make ``path`` ready for a new run: refuse (one line) if it holds a run, unless ``overwrite``, which
+    deletes that run's files first, so that none of them (an old ``results.json``, say) outlives it.
+
+    Only the files a run writes are deleted (and the temporary files of killed writers), never anything else
+    in the folder.
+    """
+    path = Path(path)
+    held = [name for name in RUN_RESULTS if (path / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"{path}: holds a run already ({', '.join(held)}); continue it with --resume {path} or replace it with --overwrite")
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    remove_stale_temporaries(path)
 
 
 def write_confusion(folder: Path, confusion: list[list[int]], class_names: Sequence[str], title: str = "") -> None:
