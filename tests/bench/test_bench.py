@@ -91,3 +91,30 @@ def test_cli_bench_rejects_unknown_backend(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "squeezenet1_1_cifar", "--backends", "eager,warp"])
     assert "unknown backend" in capsys.readouterr().err
+
+
+def test_timing_spread_compares_round_medians():
+    from squeezelab.bench.timing import Timing
+
+    timing = Timing((1.0, 1.0, 2.0, 2.0), per_round=(2, 2))
+    assert timing.round_medians == (1.0, 2.0) and timing.spread == pytest.approx(1 / 1.5)
+    assert Timing((1.0, 3.0)).spread == 0.0
+
+
+def test_bench_rows_per_thread_count_and_reasons_for_unavailable_runtimes(tmp_path):
+    settings = BenchSettings(
+        batch_sizes=(1,),
+        backends=("onnx", "ncnn_int8", "litert"),
+        warmup=1,
+        iters=2,
+        rounds=2,
+        thread_counts=(1, 2),
+        peak_size=128,
+        progress=False,
+    )
+    rows = bench_models(["squeezenet_tiny_cifar"], settings).rows
+    assert [(r["threads"], r["backend"]) for r in rows] == [(t, b) for t in (1, 2) for b in settings.backends]
+    onnx = [r for r in rows if r["backend"] == "onnx"]
+    assert all(r["file_bytes"] > 0 and r["infer_step_time_spread"] >= 0 for r in onnx)
+    notes = {r["backend"]: r["note"] for r in rows}
+    assert "ncnn2table" in notes["ncnn_int8"] and "litert-torch" in notes["litert"]

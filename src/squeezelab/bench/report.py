@@ -56,18 +56,28 @@ def environment_line(environment: dict[str, Any]) -> str:
 
 
 def write_results(
-    result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench", title: str = "Benchmark"
+    result: BenchResult,
+    out_dir: str | os.PathLike,
+    stem: str = "bench",
+    title: str = "Benchmark",
+    columns: Sequence[str] = TABLE_COLUMNS,
+    summary: str = "",
 ) -> list[Path]:
-    """Write ``<stem>.csv``, ``.json``, ``.md`` and ``.png`` into ``out_dir`` (atomically); returns the paths."""
+    """Write ``<stem>.csv``, ``.json``, ``.md`` and ``.png`` into ``out_dir`` (atomically); returns the paths.
+
+    The Markdown file has ``summary`` (Markdown text) above the table of ``columns``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")]
     atomic_write_text(paths[0], _csv_text(result.rows))
     atomic_write_text(paths[1], json.dumps({"environment": result.environment, "rows": result.rows}, indent=2) + "\n")
-    legend = "\n".join(f"- `{name}`: {text}" for name, text in DESCRIPTIONS.items())
+    used = {row["backend"] for row in result.rows}
+    legend = "\n".join(f"- `{name}`: {text}" for name, text in DESCRIPTIONS.items() if name in used)
+    intro = f"{summary}\n\n" if summary else ""
     atomic_write_text(
         paths[2],
-        f"# {title}\n\n{environment_line(result.environment)}\n\n{markdown_table(result.rows)}\n\nBackends:\n\n{legend}\n",
+        f"# {title}\n\n{environment_line(result.environment)}\n\n{intro}{markdown_table(result.rows, columns)}\n\n"
+        f"Backends:\n\n{legend}\n",
     )
     _plot(result, paths[3], title)
     return paths
@@ -92,11 +102,11 @@ def _plot(result: BenchResult, path: Path, title: str) -> None:
     figure, axes = plt.subplots(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 4.5), squeeze=False)
     for axis, batch_size in zip(axes[0], batch_sizes):
         rows = [r for r in result.rows if r["infer_batch_size"] == batch_size and r.get("infer_samples_per_sec")]
-        models = list(dict.fromkeys(r["model"] for r in rows))
+        models = list(dict.fromkeys(_group(r) for r in rows))
         backends = list(dict.fromkeys(r["backend"] for r in rows))
         width = 0.8 / max(1, len(backends))
         for k, backend in enumerate(backends):
-            speed = {r["model"]: r["infer_samples_per_sec"] for r in rows if r["backend"] == backend}
+            speed = {_group(r): r["infer_samples_per_sec"] for r in rows if r["backend"] == backend}
             values = [speed.get(model, 0) for model in models]
             axis.bar([i + k * width for i in range(len(models))], values, width, label=backend)
         axis.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(models))])
@@ -108,3 +118,8 @@ def _plot(result: BenchResult, path: Path, title: str) -> None:
     with atomic_write(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
     plt.close(figure)
+
+
+def _group(row: dict[str, Any]) -> str:
+    """A bar group: the model, and the thread count when the run measured several."""
+    return f"{row['model']}, {row['threads']} thr" if "threads" in row else row["model"]

@@ -6,6 +6,7 @@ Column names follow timm's benchmark script (``infer_samples_per_sec``, ``infer_
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ class BenchSettings:
     iters: int = 30
     rounds: int = 5
     threads: int | None = None
+    thread_counts: tuple[int, ...] = ()  # several thread counts in one run (rows get a "threads" column)
     calibration: str | Path | None = None
     calibration_count: int = DEFAULT_CALIBRATION_COUNT
     eval_data: str | Path | None = None
@@ -110,11 +112,23 @@ def _environment(settings: BenchSettings) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "runtimes": _runtime_versions(),
         "peak_gflops": measure_peak_gflops(settings.peak_size),
         "peak_method": f"best of 2x8 fp32 {settings.peak_size}x{settings.peak_size} torch.mm, before and after",
         "warmup": settings.warmup,
         "iters": settings.iters,
     }
+
+
+def _runtime_versions() -> dict[str, str]:
+    """Versions of the optional peer runtimes that are installed (the benchmark's rows depend on them)."""
+    versions = {}
+    for package in ("openvino", "nncf", "executorch", "torchao", "ncnn", "pnnx", "ai-edge-litert"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def _cpu_name() -> str:
@@ -131,15 +145,10 @@ def _cpu_name() -> str:
 def _bench_one(entry: BenchModel, settings: BenchSettings, workdir: Path) -> list[dict[str, Any]]:
     cfg = model_config(entry.model)
     size = (cfg.input_size[0], *(settings.input_size or cfg.input_size[1:]))
+    # One set of exports for every thread count: converting is slow (ExecuTorch, NNCF), running is what differs.
     artifacts = ModelArtifacts(
         entry.model, workdir, settings.threads, settings.calibration, settings.calibration_count, settings.progress
     )
-    backends, unavailable = _build_backends(entry.name, settings, artifacts, size)
-    accuracy = {}
-    if settings.eval_data is not None and entry.trained:
-        # Accuracy at the model's own input size, as it was trained and published.
-        native = backends if size == cfg.input_size else _build_backends(entry.name, settings, artifacts, cfg.input_size)[0]
-        accuracy = _accuracies(native, cfg, settings.eval_data, settings)
     shared: dict[str, Any] = {
         "model": entry.name,
         "infer_img_size": f"{size[1]}x{size[2]}",
@@ -148,16 +157,46 @@ def _bench_one(entry: BenchModel, settings: BenchSettings, workdir: Path) -> lis
         "compressed_mb": round(entry.compressed_bytes / MB, 4) if entry.compressed_bytes else None,
         "infer_gmacs": round(count_macs(entry.model, size) / 1e9, 4),
     }
+    rows: list[dict[str, Any]] = []
+    accuracy: dict[str, dict[str, float]] | None = None
+    for threads in settings.thread_counts or (settings.threads,):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        artifacts.threads = threads
+        backends, unavailable = _build_backends(entry.name, settings, artifacts, size)
+        if accuracy is None:  # once: accuracy does not depend on the thread count
+            accuracy = {}
+            if settings.eval_data is not None and entry.trained:
+                # Accuracy at the model's own input size, as it was trained and published.
+                native = backends if size == cfg.input_size else _build_backends(entry.name, settings, artifacts, cfg.input_size)[0]
+                accuracy = _accuracies(native, cfg, settings.eval_data, settings)
+        thread_columns = {"threads": torch.get_num_threads()} if settings.thread_counts else {}
+        notes = {name: unavailable.get(name) or ("" if entry.trained else "random weights") for name in settings.backends}
+        rows += _timed_rows(backends, {**shared, **thread_columns}, size, cfg, settings, accuracy, notes)
+    return rows
+
+
+def _timed_rows(
+    backends: dict[str, nn.Module],
+    shared: dict[str, Any],
+    size: tuple[int, ...],
+    cfg,
+    settings: BenchSettings,
+    accuracy: dict[str, dict[str, float]],
+    notes: dict[str, str],
+) -> list[dict[str, Any]]:
+    # The size of what each runtime loads (the ONNX, IR, .pte or ncnn files); PyTorch backends have none.
+    file_bytes = {name: getattr(module, "file_bytes", None) for name, module in backends.items()}
     rows = []
     for batch_size in settings.batch_sizes:
         timings, failures = _timings(backends, random_images(replace(cfg, input_size=size), batch_size), settings)
         baseline = timings.get(BASELINE)
         for name in settings.backends:
-            row = {**shared, "backend": name, "infer_batch_size": batch_size}
+            row = {**shared, "backend": name, "infer_batch_size": batch_size, "file_bytes": file_bytes.get(name)}
             if name in timings:
                 row.update(_speed_columns(timings[name], baseline, batch_size, shared["infer_gmacs"]))
             row.update(accuracy.get(name, {}))
-            row["note"] = unavailable.get(name) or failures.get(name) or ("" if entry.trained else "random weights")
+            row["note"] = failures.get(name) or notes[name]
             rows.append(row)
     return rows
 
@@ -198,6 +237,7 @@ def _speed_columns(timing, baseline, batch_size: int, gmacs: float) -> dict[str,
         "infer_samples_per_sec": round(batch_size / timing.median, 2),
         "infer_step_time": round(1e3 * timing.median, 3),
         "infer_step_time_p90": round(1e3 * timing.p90, 3),
+        "infer_step_time_spread": round(timing.spread, 3),
         "infer_gflops": round(2.0 * gmacs * batch_size / timing.median, 2),
         "peak_fraction": None,  # filled in by bench_models once the peak is known
         "speedup_vs_onnx": round(baseline.median / timing.median, 3) if baseline is not None else None,

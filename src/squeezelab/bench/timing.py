@@ -14,6 +14,7 @@ class Timing:
     """Wall-clock seconds of individual calls."""
 
     seconds: tuple[float, ...]
+    per_round: tuple[int, ...] = ()  # calls per interleaved round, in order (empty: one block)
 
     @property
     def median(self) -> float:
@@ -22,6 +23,18 @@ class Timing:
     @property
     def p90(self) -> float:
         return float(np.percentile(self.seconds, 90))
+
+    @property
+    def round_medians(self) -> tuple[float, ...]:
+        """Median of each round: how far they scatter is the run-to-run noise of this machine."""
+        bounds = np.cumsum((0, *self.per_round)) if self.per_round else (0, len(self.seconds))
+        return tuple(float(np.median(self.seconds[a:b])) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+
+    @property
+    def spread(self) -> float:
+        """(slowest - fastest round median) / overall median; 0 with a single round."""
+        medians = self.round_medians
+        return (max(medians) - min(medians)) / self.median if medians else 0.0
 
 
 def interleaved_timings(
@@ -45,4 +58,4 @@ def interleaved_timings(
                 start = time.perf_counter()
                 call()
                 samples[name].append(time.perf_counter() - start)
-    return {name: Timing(tuple(values)) for name, values in samples.items()}
+    return {name: Timing(tuple(values), tuple(c for c in per_round if c)) for name, values in samples.items()}

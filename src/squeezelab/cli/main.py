@@ -16,7 +16,7 @@ from squeezelab.utils.optional import MissingDependency
 
 from .common import is_first_process
 
-COMMAND_MODULES = ("models_cmd", "interop_cmd", "bench_cmd", "sweep_cmd", "train_cmd", "quickstart_cmd", "compress_cmd")
+COMMAND_MODULES = ("models_cmd", "interop_cmd", "bench_cmd", "sweep_cmd", "train_cmd", "quickstart_cmd", "compress_cmd", "export_cmd")
 
 
 class CLIError(Exception):

@@ -1,9 +1,12 @@
 """Pick and prepare an inference backend for a model file, caching its ONNX exports next to it.
 
-Backends, fastest first on this project's reference CPU (see ``docs/interop.md``): ``int8`` (onnxruntime,
-static int8 QDQ), ``onnx`` (onnxruntime fp32), ``eager`` (PyTorch). The exports are cached as
-``<model file>.onnx`` and ``<model file>.int8.onnx``; each records the SHA-256 of the model file it came
-from, so a changed model file is re-exported instead of silently served stale.
+Backends, fastest first on this project's reference CPU (see ``docs/interop.md``): ``openvino_int8``
+(OpenVINO running squeezelab's int8 QDQ file), ``int8`` (the same file on onnxruntime), ``openvino``
+(OpenVINO fp32), ``onnx`` (onnxruntime fp32), ``eager`` (PyTorch). ``auto`` takes the fastest one whose runtime
+is installed, at equal accuracy: both int8 backends run the same file, both fp32 ones compute in fp32. The
+exports are cached as ``<model file>.onnx`` and ``<model file>.int8.onnx`` (OpenVINO reads them directly);
+each records the SHA-256 of the model file it came from, so a changed model file is re-exported instead of
+silently served stale. Exported files (``.onnx``, OpenVINO ``.xml``, ExecuTorch ``.pte``) run as they are.
 """
 
 from __future__ import annotations
@@ -20,12 +23,25 @@ import torch.nn as nn
 from squeezelab.models import ModelConfig
 from squeezelab.models.registry import model_config
 
+from .executorch_pte import ExecuTorchModel
 from .loading import load_any_model
 from .onnx_export import export_onnx, onnx_metadata
+from .openvino_ir import OpenVinoModel
 from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch, quantize_int8
 from .runtime import OnnxModel
 
-BACKENDS = ("auto", "int8", "onnx", "eager")
+BACKENDS = ("auto", "openvino_int8", "int8", "openvino", "onnx", "eager")
+# Which cached export each ONNX-file backend runs, and on which runtime.
+SIDECAR_OF = {"openvino_int8": "int8", "int8": "int8", "openvino": "onnx", "onnx": "onnx"}
+OPENVINO_BACKENDS = ("openvino_int8", "openvino")
+DESCRIPTIONS = {
+    "openvino_int8": "OpenVINO int8",
+    "int8": "onnxruntime int8",
+    "openvino": "OpenVINO fp32",
+    "onnx": "onnxruntime fp32",
+    "executorch": "ExecuTorch (XNNPACK)",
+    "eager": "PyTorch eager fp32",
+}
 SOURCE_KEY = "squeezelab.source_sha256"
 CALIBRATION_KEY = "squeezelab.calibration_id"
 
@@ -41,8 +57,7 @@ class Deployment:
 
     def describe(self) -> str:
         where = f" ({self.artifact})" if self.artifact is not None else ""
-        names = {"int8": "onnxruntime int8", "onnx": "onnxruntime fp32", "eager": "PyTorch eager fp32"}
-        return f"{names[self.backend]}{where}"
+        return f"{DESCRIPTIONS[self.backend]}{where}"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -81,6 +96,22 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def onnx_backend(precision: str, openvino: bool) -> str:
+    """The backend running an ONNX file of ``precision`` ("int8" or "fp32") on OpenVINO or onnxruntime."""
+    if precision == "int8":
+        return "openvino_int8" if openvino else "int8"
+    return "openvino" if openvino else "onnx"
+
+
+def fastest_backend(precision: str) -> str:
+    """The fastest installed runtime for an ONNX file of ``precision``: OpenVINO, else onnxruntime."""
+    return onnx_backend(precision, openvino_available())
+
+
 def deploy(
     model_path: str | os.PathLike,
     backend: str = "auto",
@@ -92,18 +123,16 @@ def deploy(
 ) -> Deployment:
     """Load ``model_path`` on ``backend`` (see ``BACKENDS``), exporting/quantizing and caching as needed.
 
-    ``auto`` takes int8 when a fresh int8 export is cached or ``calibration`` images are given, else
-    onnxruntime fp32 when onnxruntime is installed, else PyTorch. ``.onnx`` files run as they are.
+    ``auto`` takes int8 when a fresh int8 export is cached or ``calibration`` images are given, else fp32, each
+    on OpenVINO when it is installed, else onnxruntime; PyTorch when neither is. Exported files run as they are.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".onnx":
-        model = OnnxModel(path, threads=threads)
-        precision = onnx_metadata(path).get("squeezelab.precision", "fp32")
-        return Deployment(model, "int8" if precision == "int8" else "onnx", model.default_cfg, path)
+    if path.suffix in (".onnx", ".xml", ".pte"):
+        return _deploy_exported(path, backend, threads)
     if backend == "eager" or (backend == "auto" and not onnxruntime_available()):
         eager = load_any_model(path, arch=arch)
         return Deployment(eager, "eager", model_config(eager))
@@ -111,23 +140,45 @@ def deploy(
     sidecars = sidecar_paths(path)
     chosen = backend
     if backend == "auto":
-        chosen = "int8" if calibration is not None or _is_fresh(sidecars["int8"], source_hash) else "onnx"
+        int8 = calibration is not None or _is_fresh(sidecars["int8"], source_hash)
+        chosen = fastest_backend("int8" if int8 else "fp32")
+    kind = SIDECAR_OF[chosen]
     calibrated_with = calibration_id(calibration, calibration_count) if calibration is not None else None
-    if not _is_fresh(sidecars[chosen], source_hash, calibrated_with if chosen == "int8" else None):
+    if not _is_fresh(sidecars[kind], source_hash, calibrated_with if kind == "int8" else None):
         try:
-            _build_sidecars(path, arch, chosen, sidecars, source_hash, calibration, calibration_count, progress)
+            _build_sidecars(path, arch, kind, sidecars, source_hash, calibration, calibration_count, progress)
         except PermissionError:
             if backend != "auto":
                 raise
             return deploy(path, "eager", arch)  # read-only model folder: nowhere to cache the export
-    model = OnnxModel(sidecars[chosen], threads=threads)
-    return Deployment(model, chosen, model.default_cfg, sidecars[chosen])
+    return _deployment(sidecars[kind], chosen, threads)
+
+
+def _deploy_exported(path: Path, backend: str, threads: int | None) -> Deployment:
+    """An exported file runs on the runtime its format needs; an ONNX file on the fastest one installed
+    (``auto``) or the one asked for."""
+    if path.suffix == ".pte":
+        model = ExecuTorchModel(path, threads=threads)
+        return Deployment(model, "executorch", model.default_cfg, path)
+    if path.suffix == ".xml":
+        model_xml = OpenVinoModel(path, threads=threads)
+        return Deployment(model_xml, "openvino_int8" if model_xml.precision == "int8" else "openvino", model_xml.default_cfg, path)
+    precision = "int8" if onnx_metadata(path).get("squeezelab.precision") == "int8" else "fp32"
+    if backend in ("auto", "eager"):  # (PyTorch cannot run an ONNX file)
+        return _deployment(path, fastest_backend(precision), threads)
+    return _deployment(path, onnx_backend(precision, openvino=backend in OPENVINO_BACKENDS), threads)
+
+
+def _deployment(onnx_path: Path, backend: str, threads: int | None) -> Deployment:
+    model: OnnxModel | OpenVinoModel
+    model = OpenVinoModel(onnx_path, threads=threads) if backend in OPENVINO_BACKENDS else OnnxModel(onnx_path, threads=threads)
+    return Deployment(model, backend, model.default_cfg, onnx_path)
 
 
 def _build_sidecars(
     path: Path,
     arch: str | None,
-    backend: str,
+    kind: str,
     sidecars: dict[str, Path],
     source_hash: str,
     calibration,
@@ -138,7 +189,7 @@ def _build_sidecars(
     stamp = {SOURCE_KEY: source_hash}
     if not _is_fresh(sidecars["onnx"], source_hash):
         export_onnx(model, sidecars["onnx"], metadata=stamp)
-    if backend == "int8":
+    if kind == "int8":
         if calibration is None:
             raise ValueError(
                 f"{path}: no int8 export cached at {sidecars['int8']}; give calibration images (--calibration DIR) "

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from squeezelab.models import create_model
+from squeezelab.models import create_model, list_models
 from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record
 from squeezelab.models.registry import model_config, set_model_config
 from squeezelab.utils.files import safe_torch_load
@@ -70,6 +70,15 @@ def load_any_model(path: str | os.PathLike, arch: str | None = None, num_classes
     if isinstance(content, Mapping) and content.get("format") == MODEL_FILE_FORMAT:
         return model_from_record(dict(content), source=str(path)).eval()
     return model_from_state_dict(_state_dict_of(content, path), arch, num_classes, source=str(path))
+
+
+def load_model_or_name(ref: str | os.PathLike, arch: str | None = None) -> nn.Module:
+    """A model file (any format :func:`load_any_model` reads) or a registered model name (random weights)."""
+    if Path(ref).is_file():
+        return load_any_model(ref, arch=arch)
+    if str(ref) in list_models():
+        return create_model(str(ref)).eval()
+    raise ValueError(f"{ref}: neither a model file nor a registered model name (see 'squeezelab models')")
 
 
 def load_torchvision_checkpoint(path: str | os.PathLike, arch: str, num_classes: int | None = None) -> nn.Module:

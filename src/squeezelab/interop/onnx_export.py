@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -117,28 +116,27 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def onnx_config(path: str | os.PathLike) -> ModelConfig:
     """The preprocessing config stored by :func:`export_onnx` (errors name the file)."""
-    text = onnx_metadata(path).get("squeezelab.default_cfg")
+    return metadata_config(onnx_metadata(path), path)
+
+
+def metadata_config(metadata: dict[str, str], path: str | os.PathLike) -> ModelConfig:
+    """The preprocessing config in squeezelab metadata (ONNX ``metadata_props``, OpenVINO ``rt_info``,
+    ExecuTorch constant method: every exported format carries the same entries)."""
+    text = metadata.get("squeezelab.default_cfg")
     if text is None:
-        raise ValueError(f"{path}: ONNX file has no squeezelab metadata (export it with squeezelab export-onnx)")
+        raise ValueError(f"{path}: file has no squeezelab metadata (export it with squeezelab export)")
     return ModelConfig.from_dict(json.loads(text))
 
 
 def onnx_parity(
     model: nn.Module, path: str | os.PathLike, batch_size: int = 2, seed: int = 0, threads: int | None = None
 ) -> float:
-    """Max absolute difference between PyTorch and onnxruntime logits on the same batch of random images.
+    """Max absolute difference between PyTorch and onnxruntime logits on the same batch of random images
+    (see :func:`squeezelab.interop.parity.logit_difference`)."""
+    from .parity import logit_difference
+    from .runtime import OnnxModel
 
-    The images are uniform random pixels normalised as the model's config says, so the inputs (and the
-    logits) have the scale real images give, also for Caffe-style 0-255 models.
-    """
-    from .runtime import ort_session
-
-    session = ort_session(path, threads=threads)
-    batch = random_images(onnx_config(path), batch_size, seed)
-    with torch.inference_mode():
-        expected = model.eval()(batch).numpy()
-    found = session.run(None, {INPUT_NAME: batch.numpy()})[0]
-    return float(np.abs(found - expected).max())
+    return logit_difference(model, OnnxModel(path, threads=threads), onnx_config(path), batch_size, seed)
 
 
 def random_images(cfg: ModelConfig, batch_size: int, seed: int = 0) -> torch.Tensor:

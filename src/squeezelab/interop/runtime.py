@@ -48,6 +48,7 @@ class OnnxModel(nn.Module):
         super().__init__()
         self.path = str(path)
         self.session = ort_session(path, threads=threads, optimization=optimization)
+        self.file_bytes = os.path.getsize(path)
         self.default_cfg = onnx_config(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,17 @@ import importlib
 from types import ModuleType
 
 # Which extra of pyproject.toml brings each optional module.
-EXTRAS = {"optuna": "sweep", "onnx": "onnx", "onnxruntime": "onnx"}
+EXTRAS = {
+    "optuna": "sweep",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "openvino": "openvino",
+    "nncf": "openvino",
+    "executorch": "executorch",
+    "torchao": "executorch",
+    "ncnn": "ncnn",
+    "pnnx": "ncnn",
+}
 
 
 class MissingDependency(ImportError):
