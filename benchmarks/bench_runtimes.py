@@ -37,7 +37,7 @@ RELEASE = SHARED / "models" / "squeezenet-deep-compression" / "compressed_Squeez
 CALIBRATION = SHARED / "data" / "cifar10-jpeg" / "train"
 IMAGENET_EVAL = SHARED / "data" / "imagenet-sample"
 CIFAR_EVAL = SHARED / "data" / "cifar10-jpeg" / "test"
-CIFAR_RUNS = REPO / "runs" / "cifar10_fast"
+CIFAR_WEIGHTS = REPO / "weights" / "squeezenet_fast_cifar.cifar10_muon_seed0.pt"  # the committed fast-recipe network
 # Every backend but the eager-mode variants (channels_last, bf16, compile): one row per runtime.
 RUNTIMES = tuple(b for b in BACKENDS if b not in ("channels_last", "bf16", "compile"))
 REFERENCE = "eager"  # fp32 PyTorch: the accuracy every other row is compared with
@@ -82,7 +82,7 @@ def main() -> int:
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "runtimes"), help="output folder")
-    parser.add_argument("--cifar-model", help="trained squeezenet_fast_cifar model file (default: newest under runs/cifar10_fast)")
+    parser.add_argument("--cifar-model", help="trained squeezenet_fast_cifar model file (default: the committed weights/ file)")
     parser.add_argument("--iters", type=int, default=100, help="timed calls per runtime, batch size and thread count")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds the calls are split into")
     parser.add_argument("--cifar-eval-limit", type=int, help="evaluate on at most this many CIFAR-10 test images (default all)")
@@ -117,11 +117,10 @@ def _targets(args: argparse.Namespace) -> list[BenchTarget]:
 
 
 def _cifar_model(cifar_model: str | None) -> tuple[str, Path | None]:
-    """Trained weights when there are any (evaluated on CIFAR-10 test), else the registered name (random)."""
+    """The given or committed trained weights (evaluated on CIFAR-10 test), else the registered name (random)."""
     if cifar_model:
         return cifar_model, CIFAR_EVAL
-    trained = sorted(CIFAR_RUNS.glob("fast_seed*/best.pt"), key=lambda p: p.stat().st_mtime)
-    return (str(trained[-1]), CIFAR_EVAL) if trained else ("squeezenet_fast_cifar", None)
+    return (str(CIFAR_WEIGHTS), CIFAR_EVAL) if CIFAR_WEIGHTS.is_file() else ("squeezenet_fast_cifar", None)
 
 
 def _add_comparisons(rows: list[dict[str, Any]]) -> None:
