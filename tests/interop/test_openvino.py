@@ -87,13 +87,13 @@ def test_real_images_int8_mostly_agree_with_pytorch(release, tmp_path):
     assert agreement.top1_agreement >= 80.0
 
 
-def test_deploy_prefers_openvino_and_runs_exported_files(tmp_path):
+def test_deploy_prefers_openvino_for_int8_and_runs_exported_files(tmp_path):
     torch.manual_seed(0)
     model = create_model("squeezenet1_1_cifar", num_classes=3)
     path = tmp_path / "model.pt"
     save_model(model, path)
     fp32 = deploy(path, "auto")
-    assert fp32.backend == "openvino" and fp32.artifact == tmp_path / "model.pt.onnx"
+    assert fp32.backend == "onnx" and fp32.artifact == tmp_path / "model.pt.onnx"  # onnxruntime is faster at fp32
     assert logit_difference(model, fp32.model, fp32.cfg) < FP32_TOLERANCE
     assert deploy(fp32.artifact, "onnx").backend == "onnx"  # an ONNX file on the runtime asked for
     calibration = tmp_path / "calibration"

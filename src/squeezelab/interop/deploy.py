@@ -108,8 +108,10 @@ def onnx_backend(precision: str, openvino: bool) -> str:
 
 
 def fastest_backend(precision: str) -> str:
-    """The fastest installed runtime for an ONNX file of ``precision``: OpenVINO, else onnxruntime."""
-    return onnx_backend(precision, openvino_available())
+    """The fastest installed runtime for an ONNX file of ``precision``, as ``benchmarks/bench_runtimes.py``
+    measured it (benchmarks/results/runtimes): int8 on OpenVINO when installed (3.6x onnxruntime's int8 on
+    SqueezeNet v1.0 at batch 1, 2 threads), fp32 on onnxruntime (OpenVINO's f32 ran at 0.64-1.10x of it, below 1x in 10 of 12 settings)."""
+    return onnx_backend(precision, precision == "int8" and openvino_available())
 
 
 def deploy(
@@ -124,7 +126,7 @@ def deploy(
     """Load ``model_path`` on ``backend`` (see ``BACKENDS``), exporting/quantizing and caching as needed.
 
     ``auto`` takes int8 when a fresh int8 export is cached or ``calibration`` images are given, else fp32, each
-    on OpenVINO when it is installed, else onnxruntime; PyTorch when neither is. Exported files run as they are.
+    on the fastest installed runtime (:func:`fastest_backend`); PyTorch when none is. Exported files run as they are.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
