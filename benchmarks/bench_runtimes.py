@@ -37,7 +37,7 @@ RELEASE = SHARED / "models" / "squeezenet-deep-compression" / "compressed_Squeez
 CALIBRATION = SHARED / "data" / "cifar10-jpeg" / "train"
 IMAGENET_EVAL = SHARED / "data" / "imagenet-sample"
 CIFAR_EVAL = SHARED / "data" / "cifar10-jpeg" / "test"
-CIFAR_WEIGHTS = REPO / "weights" / "squeezenet_fast_cifar.cifar10_muon_seed0.pt"  # the committed fast-recipe network
+CIFAR_WEIGHTS = "squeezenet_fast_cifar.sl_cifar10"  # the shipped fast-recipe network (a pretrained tag)
 # Every backend but the eager-mode variants (channels_last, bf16, compile): one row per runtime.
 RUNTIMES = tuple(b for b in BACKENDS if b not in ("channels_last", "bf16", "compile"))
 REFERENCE = "eager"  # fp32 PyTorch: the accuracy every other row is compared with
@@ -117,10 +117,8 @@ def _targets(args: argparse.Namespace) -> list[BenchTarget]:
 
 
 def _cifar_model(cifar_model: str | None) -> tuple[str, Path | None]:
-    """The given or committed trained weights (evaluated on CIFAR-10 test), else the registered name (random)."""
-    if cifar_model:
-        return cifar_model, CIFAR_EVAL
-    return (str(CIFAR_WEIGHTS), CIFAR_EVAL) if CIFAR_WEIGHTS.is_file() else ("squeezenet_fast_cifar", None)
+    """The given or the shipped trained weights, evaluated on CIFAR-10 test."""
+    return cifar_model or CIFAR_WEIGHTS, CIFAR_EVAL
 
 
 def _add_comparisons(rows: list[dict[str, Any]]) -> None:

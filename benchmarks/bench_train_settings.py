@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from squeezelab.cli.common import format_table
 from squeezelab.data import build_datasets, build_loaders
 from squeezelab.models import create_model
+from squeezelab.utils.errors import first_line
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
@@ -67,7 +68,7 @@ def main() -> None:
             try:
                 rate, loss, logits, warmups[name] = measure(args.model, initial, options, batches, probe)
             except Exception as exc:  # a setting that does not work here is a result, not a crash
-                errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+                errors[name] = f"{type(exc).__name__}: {first_line(exc)[:60]}"
                 continue
             best[name] = max(best[name], rate)
             losses[name] = loss

@@ -134,21 +134,17 @@ def markdown(rows: list[dict], means: list[dict], decode_s: float) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure
+    from squeezelab.utils.plotting import figure_with_axes, label_axes, save_figure
 
-    figure = Figure(figsize=(6.5, 4.2))
-    axes = figure.add_subplot()
+    figure, axes = figure_with_axes(6.5, 4.2)
     for name in dict.fromkeys(r["name"] for r in rows):
         group = [r for r in rows if r["name"] == name]
         axes.scatter([r["wall_s"] / 60 for r in group], [r["test_top1_tta"] or r["test_top1"] for r in group], label=name)
     axes.axhline(90.5, color="grey", linestyle=":", label="target 90.5%")
     axes.axvline(30, color="grey", linestyle="--", label="30 minutes")
-    axes.set_xlabel("wall time per run (minutes, 2 CPU cores)")
-    axes.set_ylabel("CIFAR-10 (JPEG copy) test top-1 with TTA (%)")
+    label_axes(axes, "wall time per run (minutes, 2 CPU cores)", "CIFAR-10 (JPEG copy) test top-1 with TTA (%)")
     axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def main() -> None:
@@ -203,7 +199,8 @@ def main() -> None:
 
 
 def export_weights(run_dir: Path, row: dict, path: Path, sets: list[str]) -> None:
-    from squeezelab.models.files import load_model, save_model
+    from squeezelab import load_model
+    from squeezelab.models.files import save_model
 
     model = load_model(run_dir / "best.pt")
     overrides = "".join(f" --set {item}" for item in [f"seed={row['seed']}", *sets])

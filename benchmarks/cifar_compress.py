@@ -29,30 +29,22 @@ import json
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 
-from squeezelab.compress import (
-    parse_bits_spec,
-    parse_density_spec,
-    parse_granularity_spec,
-    parse_per_layer,
-    plain_copy,
-    prunable_layers,
-)
+from squeezelab import load_model
+from squeezelab.cli.specs import density_settings, parse_bits_spec, parse_granularity_spec, parse_keep_filters, parse_stage_epochs, parse_stage_lr
+from squeezelab.compress import CompressionConfig, plain_copy, prunable_layers
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
-from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate, parse_stage_epochs, parse_stage_lr
+from squeezelab.compress.pipeline import CompressionOutcome, compress_and_evaluate
 from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_datasets
 from squeezelab.models import create_model
 from squeezelab.models.files import save_model
-from squeezelab.train import TrainConfig, distributed_session, fit, load_trained_model, training_config_of
-from squeezelab.utils.files import atomic_write_bytes, atomic_write_text
+from squeezelab.train import DistInfo, TrainConfig, distributed_session, fit, training_config_of
+from squeezelab.utils.files import atomic_write_text
+from squeezelab.utils.plotting import figure_with_axes, save_figure
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -105,7 +97,7 @@ def main() -> None:
         parser.error("give a checkpoint or --quick-train EPOCHS")
     # under torchrun every fine-tuning stage runs data-parallel; rank 0 alone writes and prints
     with distributed_session() as dist_info:
-        lines, stages, outcome = compress_and_report(args)
+        lines, stages, outcome = compress_and_report(args, dist_info)
     if dist_info.is_main:
         table = stage_table(stages)
         atomic_write_text(args.out / "results.md", "\n\n".join(lines) + "\n\n" + table + "\n\n" + outcome.report.to_markdown())
@@ -115,38 +107,35 @@ def main() -> None:
         print(table)
 
 
-def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict], CompressionOutcome]:
+def compress_and_report(args: argparse.Namespace, dist_info: DistInfo) -> tuple[list[str], list[dict], CompressionOutcome]:
     """Run the pipeline (and DSD) on the model ``args`` name: the summary lines, stage rows and outcome."""
-    model = load_trained_model(args.checkpoint) if args.checkpoint else quickly_trained(args.quick_train, args.data, args.limit, args.quick_model)
+    model = load_model(args.checkpoint) if args.checkpoint else quickly_trained(args.quick_train, args.data, args.limit, args.quick_model)
     # fine-tune on the dense model's own training split, augmentation and label smoothing (if it records them)
     training = training_config_of(args.checkpoint) if args.checkpoint else None
     dense_file = Path(tempfile.mkdtemp()) / "dense.pt"
     save_model(model, dense_file)
-    config = finetune_config(
+    finetune = finetune_config(
         max(args.finetune_epochs, 1), training=training, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp,
         distill=args.distill,
     )
-    splits = finetune_data("cifar10", args.data, model, config, limit=args.limit, progress=False)
-    dense_model = plain_copy(model)
-    outcome = compress_and_evaluate(
-        model,
-        args.out / "model.sqz",
-        keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
-        density=parse_density_spec(args.density),
+    config = CompressionConfig(
+        keep_filters=parse_keep_filters(args.keep_filters) if args.keep_filters else None,
+        **density_settings(args.density),
         granularity=parse_granularity_spec(args.granularity),
         bits=parse_bits_spec(args.bits),
         centroid_update=args.centroid_update,
         shared_training=args.shared_training,
-        data=splits,
-        finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
-        stage_epochs=parse_stage_epochs(args.stage_epochs),
-        stage_lr=parse_stage_lr(args.stage_lr),
-        train_config=config,
-        run_dir=args.out / "runs",
+        finetune_epochs=args.finetune_epochs,
+        stage_epochs=parse_stage_epochs(args.stage_epochs) if args.stage_epochs else None,
+        stage_lr=parse_stage_lr(args.stage_lr) if args.stage_lr else None,
         tensor_dtype=args.tensor_dtype,
         fold_batch_norm=args.fold_bn,
+        finetune=finetune,
     )
+    splits = finetune_data("cifar10", args.data, model, finetune, limit=args.limit, progress=False)
+    dense_model = plain_copy(model)
+    outcome = compress_and_evaluate(model, args.out / "model.sqz", config, data=splits, run_dir=args.out / "runs", dist_info=dist_info)
     dense_bytes = dense_file.stat().st_size
     ratio = dense_bytes / outcome.report.file_bytes
     drop = outcome.dense_metrics["top1"] - outcome.compressed_metrics["top1"]
@@ -169,7 +158,7 @@ def compress_and_report(args: argparse.Namespace) -> tuple[list[str], list[dict]
     dense_weights = sum(m.weight.numel() for m in prunable_layers(dense_model).values())
     stages = stage_rows(outcome, dense_bytes, dense_weights, args.prune_steps, bool(args.keep_filters))
     if args.dsd_epochs:
-        stages.append(dsd_row(dense_model, splits, args, dense_bytes, outcome.report.params, training))
+        stages.append(dsd_row(dense_model, splits, args, dense_bytes, outcome.report.params, training, dist_info))
     return lines, stages, outcome
 
 
@@ -191,12 +180,13 @@ def stage_rows(outcome, dense_bytes: int, dense_weights: int, prune_steps: int, 
 
 
 def dsd_row(
-    dense_model: torch.nn.Module, splits, args: argparse.Namespace, dense_bytes: int, weights: int, training: TrainConfig | None
+    dense_model: torch.nn.Module, splits, args: argparse.Namespace, dense_bytes: int, weights: int, training: TrainConfig | None,
+    dist_info: DistInfo,
 ) -> dict:
     """DSD from the trained dense model: its result is again a dense model of the same size (``weights``
     counts the prunable weights, as for the other rows)."""
     config = finetune_config(args.dsd_epochs, training=training, lr=args.lr, batch_size=args.batch_size, device="cpu", amp=args.amp)
-    result = dense_sparse_dense(dense_model, splits, config, args.dsd_density, dense_epochs=0, run_dir=args.out / "dsd")
+    result = dense_sparse_dense(dense_model, splits, config, args.dsd_density, dense_epochs=0, run_dir=args.out / "dsd", dist_info=dist_info)
     return _row(f"DSD ({args.dsd_epochs} sparse at {args.dsd_density:.0%} + {args.dsd_epochs} re-dense epochs)",
                 dense_bytes, weights, result.redense)
 
@@ -222,7 +212,7 @@ def write_stages(rows: list[dict], out: Path) -> None:
     writer.writerows(rows)
     atomic_write_text(out / "stages.csv", buffer.getvalue())
     shown = [row for row in rows if row["top1"] is not None]
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = figure_with_axes(7, 3.5)
     axis.barh([row["stage"] for row in shown][::-1], [row["top1"] for row in shown][::-1], color="tab:blue")
     low = min(row["top1"] for row in shown)
     axis.set_xlim(max(0.0, low - 5), 100)
@@ -230,11 +220,7 @@ def write_stages(rows: list[dict], out: Path) -> None:
     for index, row in enumerate(shown[::-1]):
         label = f" {row['top1']:.2f}%" + (f", {row['file_bytes']:,} B" if row["file_bytes"] else "")
         axis.text(row["top1"], index, label, va="center", fontsize=8)
-    figure.tight_layout()
-    buffer_png = io.BytesIO()
-    figure.savefig(buffer_png, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write_bytes(out / "stages.png", buffer_png.getvalue())
+    save_figure(figure, out / "stages.png")
 
 
 if __name__ == "__main__":

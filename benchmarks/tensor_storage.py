@@ -13,9 +13,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from squeezelab import load_model
 from squeezelab.compress import CompressedFileError, load_compressed, save_compressed
 from squeezelab.compress.sqz import FLOAT_STORAGE
-from squeezelab.train.recipes import evaluate_checkpoint
+from squeezelab.train import evaluate_model
 from squeezelab.utils.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def main() -> None:
     for storage in FLOAT_STORAGE:
         path = workdir / f"{storage}.sqz"
         tensor_bytes = save_compressed(model, path, tensor_dtype=storage, fold_batch_norm=True).other_tensor_bytes
-        metrics, _ = evaluate_checkpoint(path, args.dataset, args.data, model=load_compressed(path), limit=args.limit, progress=False)
+        metrics, _ = evaluate_model(load_model(path), args.dataset, args.data, source=str(path), limit=args.limit, progress=False)
         rows.append((storage, path.stat().st_size, tensor_bytes, metrics["top1"], metrics["loss"]))
     base = next(row for row in rows if row[0] == BASELINE)
     lines = [

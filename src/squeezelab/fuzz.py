@@ -1,5 +1,5 @@
 """Mutation fuzzing of the model file readers: ``.sqz`` (:func:`~squeezelab.compress.load_compressed`), squeezelab
-``.pt`` (:func:`~squeezelab.models.files.load_model`) and Deep Compression ``.net``
+``.pt`` (:func:`~squeezelab.interop.loading.load_model`) and Deep Compression ``.net``
 (:func:`~squeezelab.interop.caffe.import_caffe_compressed`).
 
 Every case is a mutation of a real file, read in a worker process that runs under an address-space limit
@@ -551,7 +551,7 @@ def _read_sqz(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pt(path: Path) -> dict[str, torch.Tensor]:
-    from squeezelab.models.files import load_model
+    from squeezelab.interop.loading import load_model
 
     return load_model(path).state_dict()
 
@@ -625,7 +625,7 @@ def _worker_main(memory_mb: int) -> None:
     # the readers' modules are imported now, before the memory limit applies and before the first case is timed
     import squeezelab.compress  # noqa: F401
     import squeezelab.interop.caffe  # noqa: F401
-    import squeezelab.models.files  # noqa: F401
+    import squeezelab.interop.loading  # noqa: F401
 
     limit = _status_kb("VmSize") * 1024 + memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -74,3 +74,13 @@ def test_errors_are_printed_once_under_torchrun_by_rank_0_only(capsys, monkeypat
     monkeypatch.setenv("RANK", "0")
     code, _, err = _run(capsys, "info", "sqeezenet1_0")
     assert code == 2 and err.startswith("squeezelab info: error: unknown model 'sqeezenet1_0'")
+
+
+def test_models_pretrained_lists_the_shipped_weights_with_their_figures(capsys):
+    code, out, err = _run(capsys, "models", "--pretrained")
+    assert code == 0 and err == ""
+    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line.startswith("squeezenet")}
+    assert {"squeezenet1_0.dc_in1k", "squeezenet_fast_cifar.sl_cifar10"} <= set(rows)
+    assert "imagenet" in rows["squeezenet1_0.dc_in1k"] and "Made by: squeezelab compress" in out
+    code, _, err = _run(capsys, "models", "--pretrained", "resnet*")
+    assert code == 2 and "no pretrained weights match 'resnet*'" in err

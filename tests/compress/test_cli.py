@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from squeezelab import load_model
 from squeezelab.cli.main import main
-from squeezelab.compress import load_compressed
-from squeezelab.models.files import load_model, save_model
+from squeezelab.compress import CompressionConfig, load_compressed
+from squeezelab.models.files import save_model
 from squeezelab.train import load_checkpoint
 from tests.conftest import torchrun_squeezelab
 
@@ -91,7 +92,28 @@ def test_cli_errors_are_one_line(tmp_path, model_file, capsys):
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bias-correction", "16"]) == 2
     assert "bias correction needs the training images of a data set" in capsys.readouterr().err
     assert main(["compress", str(model_file), "-o", str(tmp_path / "x.sqz"), "--bias-correction", "-3", "--dataset", "digits", "--quiet"]) == 2
-    assert "--bias-correction: expected a number of images >= 0, got -3" in capsys.readouterr().err
+    assert "bias_correction: must be a whole number of images >= 0, got -3" in capsys.readouterr().err
+
+
+def test_compress_settings_come_from_a_config_file_then_the_options_then_set(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.setenv("SQUEEZELAB_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "compress.yaml"
+    config.write_text("density: {default: 0.5}\nbits: 5\nfinetune_epochs: 1\nfinetune: {batch_size: 32, lr: 0.02}\n")
+    runs = tmp_path / "runs"
+    command = ["compress", str(model_file), "-o", str(tmp_path / "a.sqz"), "--dataset", "digits", "--limit", "300", "--run-dir", str(runs), "--quiet"]
+    assert main([*command, "--config", str(config), "--bits", "4", "--set", "bits=3", "--set", "finetune.lr=0.01"]) == 0
+    saved = CompressionConfig.load(runs / "compression.yaml")  # the run directory keeps the config it ran with
+    assert (saved.density, saved.bits, saved.finetune_epochs, saved.finetune.batch_size, saved.finetune.lr) == ({"default": 0.5}, 3, 1, 32, 0.01)
+    assert load_checkpoint(runs / "prune1" / "last.pt")["config"]["lr"] == 0.01
+    capsys.readouterr()
+    # rerun from the saved config with another learning rate: refused, naming the setting
+    assert main([*command, "--config", str(runs / "compression.yaml"), "--set", "finetune.lr=0.02"]) == 2
+    err = capsys.readouterr().err
+    assert "compression.json: this run directory holds a compression with other settings (finetune.lr: 0.01 -> 0.02)" in err and err.count("\n") == 1
+    assert main([*command, "--set", "densty=0.3"]) == 2
+    assert "unknown setting 'densty' (did you mean 'density'?)" in capsys.readouterr().err
+    assert main([*command, "--set", "finetune.lrr=0.3"]) == 2
+    assert "finetune: unknown setting 'lrr' (did you mean 'lr'?)" in capsys.readouterr().err
 
 
 def test_compress_with_bias_correction_on_training_images(tmp_path, model_file, capsys, monkeypatch):

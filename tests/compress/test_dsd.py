@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -33,3 +35,18 @@ def test_resuming_dsd_with_other_settings_names_the_settings_file(tmp_path, digi
         dense_sparse_dense(tiny_model(), digits, config, 0.3, dense_epochs=0, run_dir=tmp_path, progress=False, log=None)
     with pytest.raises(ValueError, match=r"dsd\.json: .*model: other weights"):
         dense_sparse_dense(tiny_model(seed=1), digits, config, 0.5, dense_epochs=0, run_dir=tmp_path, progress=False, log=None)
+
+
+def test_interrupted_dsd_resumes_after_its_last_finished_phase(tmp_path, digits, tiny_config):
+    whole = tiny_model()
+    dense_sparse_dense(whole, digits, tiny_config, {"default": 0.5}, run_dir=tmp_path, progress=False, log=None)
+    # as if stopped before the re-dense phase began; the sparse phase's model holds all the earlier phases left
+    shutil.rmtree(tmp_path / "redense")
+    shutil.rmtree(tmp_path / "dense")
+    messages = []
+    resumed = tiny_model()
+    result = dense_sparse_dense(resumed, digits, tiny_config, {"default": 0.5}, run_dir=tmp_path, progress=False, log=messages.append)
+    assert [m for m in messages if m.startswith("DSD")] == ["DSD redense phase: 1 epochs at lr 0.005"]
+    assert result.dense is None and result.sparse is None and result.redense is not None
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)

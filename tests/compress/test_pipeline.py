@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from squeezelab.compress import load_compressed
+from squeezelab.compress import CompressionConfig, load_compressed
 from squeezelab.compress.pipeline import compress_and_evaluate
 
 from .conftest import trained_tiny
@@ -25,10 +25,8 @@ class _StopAfter:
 
 
 def _compress(trained, digits, config, run_dir, path, log=None, **changes):
-    return compress_and_evaluate(
-        trained_tiny(trained), path, data=digits, train_config=config, run_dir=run_dir, progress=False, log=log,
-        **{**SETTINGS, **changes},
-    )  # fmt: skip
+    settings = CompressionConfig(**{**SETTINGS, **changes}, finetune=config)
+    return compress_and_evaluate(trained_tiny(trained), path, settings, data=digits, run_dir=run_dir, progress=False, log=log)
 
 
 def test_interrupted_compression_resumes_to_the_same_file(tmp_path, capsys, trained_state, digits, tiny_config):
@@ -78,6 +76,21 @@ def test_resuming_from_another_model_is_an_error(tmp_path, trained_state, digits
         _compress(other, digits, config, tmp_path / "run", tmp_path / "a.sqz")
 
 
+def test_resuming_with_another_learning_rate_or_length_is_refused(tmp_path, trained_state, digits, tiny_config):
+    config = tiny_config.updated(epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", log=_StopAfter(1))
+    # the run directory keeps the whole config, which `squeezelab compress --config` repeats the run with
+    assert CompressionConfig.load(tmp_path / "run" / "compression.yaml") == CompressionConfig(**SETTINGS, finetune=config)
+    record = r"compression\.json: this run directory holds a compression with other settings \(.*"
+    with pytest.raises(ValueError, match=record + r"finetune\.lr: 0\.05 -> 0\.01"):
+        _compress(trained_state, digits, config.updated(lr=0.01), tmp_path / "run", tmp_path / "a.sqz")
+    with pytest.raises(ValueError, match=record + r"stage_lr: None -> \{'quantized': 0\.01\}"):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", stage_lr={"quantized": 0.01})
+    with pytest.raises(ValueError, match=record + r"finetune_epochs: 2 -> 3"):
+        _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", finetune_epochs=3)
+
+
 def test_corrupt_settings_record_names_the_file(tmp_path, trained_state, digits, tiny_config):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "compression.json").write_text("{not json")
@@ -93,8 +106,8 @@ def test_named_stages_get_their_own_length_and_learning_rate(tmp_path, trained_s
     assert {stage: len(record["history"]) for stage, record in stages.items()} == {"prune1": 1, "prune2": 3, "quantized": 1}
     assert {stage: record["config"]["lr"] for stage, record in stages.items()} == {"prune1": config.lr, "prune2": config.lr, "quantized": 0.002}
     assert len(outcome.finetune_results) == 3
-    # a started stage keeps its learning rate
-    with pytest.raises(ValueError, match=r"quantized.last\.pt: the run was started with other settings \(lr: 0.002 -> 0.003\)"):
+    # the learning rates are part of the run's settings, those of stages not started yet too
+    with pytest.raises(ValueError, match=r"compression\.json: .*other settings \(stage_lr\.quantized: 0\.002 -> 0\.003\)"):
         _compress(trained_state, digits, config, tmp_path / "run", tmp_path / "a.sqz", finetune_epochs=1,
                   stage_epochs={"prune2": 3}, stage_lr={"quantized": 0.003})  # fmt: skip
     # the epochs are part of the run's settings: resuming without them is refused
@@ -141,10 +154,8 @@ def test_bias_correction_ends_the_pipeline_and_travels_in_the_file(tmp_path, tra
 
     def last_layer_gap(corrections: int) -> float:
         path = tmp_path / f"corrected{corrections}.sqz"
-        compress_and_evaluate(
-            trained_tiny(trained_state), path, bits=1, data=digits, train_config=tiny_config, bias_correction=corrections,
-            progress=False, log=None,
-        )  # fmt: skip
+        settings = CompressionConfig(bits=1, bias_correction=corrections, finetune=tiny_config)
+        compress_and_evaluate(trained_tiny(trained_state), path, settings, data=digits, progress=False, log=None)
         decoded, dense = load_compressed(path), trained_tiny(trained_state)
         got, wanted = _channel_means(decoded, images, 64), _channel_means(dense, images, 64)
         return (got["classifier.1"] - wanted["classifier.1"]).abs().max().item()
@@ -155,9 +166,10 @@ def test_bias_correction_ends_the_pipeline_and_travels_in_the_file(tmp_path, tra
 
 def test_bias_correction_needs_training_images_and_keeps_the_layers(trained_state, digits, tmp_path):
     with pytest.raises(ValueError, match="bias correction needs the training images"):
-        compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", bits=4, bias_correction=16, progress=False)
+        compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", CompressionConfig(bits=4, bias_correction=16), progress=False)
     with pytest.raises(ValueError, match="filter pruning"):
-        compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", keep_filters=0.5, bias_correction=16, data=digits, progress=False)
+        compress_and_evaluate(trained_tiny(trained_state), tmp_path / "a.sqz", CompressionConfig(keep_filters=0.5, bias_correction=16),
+                              data=digits, progress=False)  # fmt: skip
 
 
 def test_data_of_other_classes_serves_bias_correction_only(tmp_path, digits, tiny_config):
@@ -165,12 +177,13 @@ def test_data_of_other_classes_serves_bias_correction_only(tmp_path, digits, tin
 
     messages = []
     outcome = compress_and_evaluate(
-        tiny_model(num_classes=4), tmp_path / "a.sqz", bits=2, data=digits, bias_correction=32, progress=False, log=messages.append
+        tiny_model(num_classes=4), tmp_path / "a.sqz", CompressionConfig(bits=2, bias_correction=32), data=digits, progress=False,
+        log=messages.append,
     )  # fmt: skip
     assert outcome.dense_metrics is None and outcome.compressed_metrics is None
     assert any("no accuracy measured" in m and "10 classes, the model 4" in m for m in messages)
     with pytest.raises(ValueError, match="labelled with the model's classes"):
-        compress_and_evaluate(tiny_model(num_classes=4), tmp_path / "b.sqz", bits=2, data=digits, finetune_epochs=1, progress=False)
+        compress_and_evaluate(tiny_model(num_classes=4), tmp_path / "b.sqz", CompressionConfig(bits=2, finetune_epochs=1), data=digits, progress=False)
 
 
 def test_latent_fine_tuning_resumes_and_writes_the_model_it_evaluated(tmp_path, trained_state, digits, tiny_config):

@@ -2,19 +2,19 @@ import pytest
 import torch
 import torch.nn as nn
 
+from squeezelab.cli.specs import parse_density_spec, parse_granularity_spec
 from squeezelab.compress import (
     StdThreshold,
     bake,
     densities,
     iterative_prune,
     layer_kinds,
-    parse_density_spec,
     prunable_layers,
     prune,
     resolve_densities,
     strip,
 )
-from squeezelab.compress.pruning import PruningMask, current_mask, parse_granularity_spec, plain_copy, plain_state_dict
+from squeezelab.compress.pruning import PruningMask, current_mask, plain_copy, plain_state_dict
 from squeezelab.models import create_model
 from squeezelab.train import fit
 

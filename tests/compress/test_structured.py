@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from squeezelab import load_model
 from squeezelab.compress import load_compressed, prune, quantize, save_compressed
 from squeezelab.compress.structured import prune_filters
 from squeezelab.models import count_params, create_model
-from squeezelab.models.files import load_model, save_model
+from squeezelab.models.files import save_model
 
 from .conftest import tiny_model
 

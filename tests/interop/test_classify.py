@@ -94,3 +94,14 @@ def test_classify_real_images_with_the_imported_release(tmp_path, capsys):
     top_tench = lines[lines.index(str(tmp_path / "n01440764_tench.JPEG")) + 1]
     top_volcano = lines[lines.index(str(tmp_path / "n09472597_volcano.JPEG")) + 1]
     assert top_tench.endswith("tench") and top_volcano.endswith("volcano")
+
+
+def test_classify_with_no_model_uses_the_shipped_imagenet_squeezenet(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SQUEEZELAB_CACHE", str(tmp_path / "cache"))  # its exports go to the user cache
+    photos = sorted(require(SAMPLE).glob("*.JPEG"))[:2]
+    assert main(["classify", *map(str, photos)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("model: squeezenet1_0.dc_in1k (ImageNet SqueezeNet v1.0 shipped")
+    assert out.count("%  ") == 2 * 5
+    assert sidecar_paths(tmp_path / "model.pt")["onnx"].parent == tmp_path  # any other file's: next to it
+    assert list((tmp_path / "cache" / "exports").glob("squeezenet1_0.dc_in1k.sqz*.onnx"))

@@ -9,7 +9,7 @@ from squeezelab.cli.main import main
 from squeezelab.interop.deploy import deploy
 from squeezelab.interop.evaluate import labelled_images
 from squeezelab.interop.export import export_model
-from squeezelab.interop.loading import load_any_model
+from squeezelab.interop.loading import load_model
 from squeezelab.interop.onnx_export import random_images
 from squeezelab.interop.parity import top1_agreement
 from squeezelab.interop.quantize import calibration_batch
@@ -64,7 +64,7 @@ def test_int8_program_tracks_fp32(fast_cifar):
 
 
 def test_real_images_agree_with_pytorch(tmp_path):
-    release = load_any_model(require(RELEASE)).eval()
+    release = load_model(require(RELEASE)).eval()
     images = labelled_images(require(SAMPLE)).paths[:50]
     runtime = ExecuTorchModel(export_model(release, tmp_path / "v10.pte", "executorch"), threads=2)
     agreement = top1_agreement(release, runtime, images, release.default_cfg)

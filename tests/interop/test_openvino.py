@@ -10,7 +10,7 @@ from squeezelab.cli.main import main
 from squeezelab.interop.deploy import deploy
 from squeezelab.interop.evaluate import labelled_images
 from squeezelab.interop.export import export_model
-from squeezelab.interop.loading import load_any_model
+from squeezelab.interop.loading import load_model
 from squeezelab.interop.parity import logit_difference, top1_agreement
 from squeezelab.interop.quantize import calibration_batch
 from squeezelab.models import create_model
@@ -68,7 +68,7 @@ def test_int8_ir_tracks_fp32(cifar, quantizer):
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    return load_any_model(require(RELEASE)).eval()
+    return load_model(require(RELEASE)).eval()
 
 
 def test_real_images_fp32_agree_with_pytorch(release, tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from squeezelab import load_model
 from squeezelab.models import (
     InputTooSmallError,
     UnknownModelError,
@@ -9,7 +10,7 @@ from squeezelab.models import (
     get_model_config,
     list_models,
 )
-from squeezelab.models.files import load_model, save_model
+from squeezelab.models.files import save_model
 
 # ImageNet VGGs cost up to 20 GMACs per 224x224 image: they train on 32x32 here (their adaptive pool accepts
 # it) and run their default input as a shape-only pass on the meta device.

@@ -5,7 +5,7 @@ import pytest
 
 from squeezelab.cli.main import main
 from squeezelab.sweep import StudySpec, pareto_front, run_study, trial_rows, write_report
-from squeezelab.sweep.runner import open_study
+from squeezelab.sweep.runner import open_study, run_trial
 
 TINY_TRAIN = {
     "model": "squeezenet1_1_mnist",
@@ -104,6 +104,23 @@ def test_interrupted_trial_is_trained_again(tmp_path):
     states = [t.state for t in study.get_trials()]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 1
     assert len(trial_rows(study, spec)) == 1
+
+
+def test_a_trial_resumes_from_the_checkpoint_in_its_folder(tmp_path, monkeypatch):
+    started = []
+
+    def stopped_training(config, run_dir, *, resume, **kwargs):
+        started.append(resume)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("squeezelab.sweep.runner.train_from_config", stopped_training)
+    spec = _spec({"model_kwargs.squeeze_ratio": [0.125]})
+    (tmp_path / "interrupted").mkdir()
+    (tmp_path / "interrupted" / "last.pt").write_bytes(b"")
+    for trial in ("new", "interrupted"):
+        with pytest.raises(KeyboardInterrupt):
+            run_trial(spec, {"model_kwargs.squeeze_ratio": 0.125, "seed": 0}, tmp_path / trial)
+    assert started == [False, True]
 
 
 def test_failed_trials_are_trained_again_only_when_asked(tmp_path, monkeypatch):

@@ -8,12 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from squeezelab import load_model
 from squeezelab.cli.main import main
 from squeezelab.models import create_model
-from squeezelab.models.files import MODEL_FILE_FORMAT, load_model, save_model
+from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record, save_model
 from squeezelab.models.registry import model_config, set_model_config
-from squeezelab.train import evaluate_checkpoint, load_checkpoint, resume_training, train_from_config
-from squeezelab.train.checkpoint import resume_state, trained_model_from_record
+from squeezelab.train import evaluate_model, load_checkpoint, resume_training, train_from_config, training_config_of
+from squeezelab.train.checkpoint import resume_state
 from squeezelab.utils.errors import DamagedFileError
 from tests.utils.torchfiles import flip_tensor_byte
 
@@ -54,23 +55,23 @@ def _model_file(tmp_path, **extra):
 
 def test_a_training_config_of_the_wrong_kind_names_the_file_and_field(tmp_path):
     with pytest.raises(DamagedFileError, match=r"model\.pt: 'config' must be a mapping of settings, got list"):
-        evaluate_checkpoint(_model_file(tmp_path, config=[1, 2]), "digits", progress=False)
-    with pytest.raises(DamagedFileError, match=r"model\.pt: config\.seed must be a whole number, got 'zero'"):
-        evaluate_checkpoint(_model_file(tmp_path, config={"seed": "zero"}), "digits", progress=False)
+        training_config_of(_model_file(tmp_path, config=[1, 2]))
+    with pytest.raises(DamagedFileError, match=r"model\.pt: .*seed.*'zero'"):
+        training_config_of(_model_file(tmp_path, config={"seed": "zero"}))
 
 
 def test_a_zero_pixel_scale_is_refused_before_any_image_is_divided_by_it(tmp_path):
     model = create_model("squeezenet_tiny_cifar", num_classes=10, in_chans=1)
     set_model_config(model, replace(model_config(model), pixel_scale=0.0))
     save_model(model, tmp_path / "model.pt")
-    with pytest.raises(DamagedFileError, match=r"model\.pt: default_cfg: pixel_scale must be a finite number > 0, got 0"):
-        evaluate_checkpoint(tmp_path / "model.pt", "digits", progress=False)
+    with pytest.raises(DamagedFileError, match=r"model\.pt: .*pixel_scale must be a finite number > 0, got 0"):
+        evaluate_model(load_model(tmp_path / "model.pt"), "digits", source=str(tmp_path / "model.pt"), progress=False)
 
 
 def test_a_model_file_without_a_model_name_is_a_file_error_not_a_key_error():
     record = {"format": MODEL_FILE_FORMAT, "version": 1, "model_spec": {"kwargs": {}}, "state_dict": {}}
     with pytest.raises(DamagedFileError, match=r"^x\.pt: "):
-        trained_model_from_record(record, "x.pt", model_name="squeezenet1_1")
+        model_from_record(record, "x.pt")
 
 
 def test_checkpoint_entries_of_the_wrong_kind_name_the_file_and_field(tmp_path):

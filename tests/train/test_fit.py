@@ -6,8 +6,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from squeezelab import load_model
+from squeezelab.compress import quantize, save_compressed
 from squeezelab.data import build_loaders
-from squeezelab.models.files import load_model, save_model
+from squeezelab.models.files import save_model
 from squeezelab.train import (
     NonFiniteLossError,
     build_run_data,
@@ -174,9 +176,17 @@ def test_distillation_from_a_model_file_and_its_errors(tiny_config, tmp_path):
     result = train_from_config(config, tmp_path / "student", progress=False, log=None)
     assert result.test["images"] > 0
     assert load_checkpoint(tmp_path / "student" / "last.pt")["config"]["teacher"] == str(teacher_run / "best.pt")
+    # any format the one loader reads is a teacher: here a compressed .sqz of the same model
+    sqz_teacher = load_model(teacher_run / "best.pt")
+    quantize(sqz_teacher, 4)
+    save_compressed(sqz_teacher, tmp_path / "teacher.sqz")
+    result = train_from_config(config.updated(teacher=str(tmp_path / "teacher.sqz")), tmp_path / "student2", progress=False, log=None)
+    assert result.test["images"] > 0
     splits = build_run_data(tiny_config, progress=False)
     with pytest.raises(ValueError, match="needs a teacher"):
         fit(build_run_model(tiny_config, splits), tiny_config.updated(distill=0.5), splits, None, progress=False, log=None)
+    with pytest.raises(ValueError, match="fit takes the teacher as a module"):
+        fit(build_run_model(tiny_config, splits), config, splits, None, progress=False, log=None)
     with pytest.raises(ValueError, match="distill is 0"):
         fit(build_run_model(tiny_config, splits), tiny_config, splits, None, progress=False, log=None, teacher=_AlwaysClassZero())
     with pytest.raises(ValueError, match="distill: must be in"):

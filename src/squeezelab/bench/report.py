@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from squeezelab.utils.files import atomic_write, atomic_write_text
+from squeezelab.utils.files import atomic_write_text
+from squeezelab.utils.plotting import label_axes, new_figure, save_figure
 
 from .backends import DESCRIPTIONS
 from .runner import BenchResult
@@ -93,13 +94,10 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _plot(result: BenchResult, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Throughput per model, a bar per backend, one plot per batch size."""
     batch_sizes = sorted({row["infer_batch_size"] for row in result.rows})
-    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 4.5), squeeze=False)
+    figure = new_figure(6 * len(batch_sizes), 4.5)
+    axes = figure.subplots(1, len(batch_sizes), squeeze=False)
     for axis, batch_size in zip(axes[0], batch_sizes):
         rows = [r for r in result.rows if r["infer_batch_size"] == batch_size and r.get("infer_samples_per_sec")]
         models = list(dict.fromkeys(_group(r) for r in rows))
@@ -111,13 +109,9 @@ def _plot(result: BenchResult, path: Path, title: str) -> None:
             axis.bar([i + k * width for i in range(len(models))], values, width, label=backend)
         axis.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(models))])
         axis.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
-        axis.set_ylabel("images / s")
-        axis.set_title(f"{title}: batch {batch_size}")
+        label_axes(axis, ylabel="images / s", title=f"{title}: batch {batch_size}", grid=False)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _group(row: dict[str, Any]) -> str:

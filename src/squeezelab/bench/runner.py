@@ -18,7 +18,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from squeezelab.interop.evaluate import labelled_images, topk_accuracies
-from squeezelab.interop.loading import detect_format, load_any_model
+from squeezelab.interop.loading import detect_format, load_model, model_file
 from squeezelab.interop.onnx_export import random_images
 from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT
 from squeezelab.models import count_macs, count_params, create_model, list_models
@@ -70,9 +70,9 @@ class BenchModel:
 
 def resolve_model(ref: str) -> BenchModel:
     """A model file (real weights) or a registered model name (random weights: speed and size only)."""
-    path = Path(ref)
+    path = model_file(ref)  # a pretrained tag is its shipped file
     if path.is_file():
-        model = load_any_model(path)
+        model = load_model(path)
         kind = detect_format(path)
         compressed = path.stat().st_size if kind in COMPRESSED_FORMATS else None
         return BenchModel(f"{model_spec(model)['name']} ({path.name})", model, compressed)

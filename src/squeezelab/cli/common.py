@@ -82,6 +82,27 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"cannot read the value of {text!r} as YAML") from None
 
 
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as a mapping of settings: VALUE is read as YAML, dashes in KEY become
+    underscores, and ``GROUP.KEY=VALUE`` sets KEY in the mapping GROUP (``finetune.lr=0.01``)."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key}: cannot parse value {value!r}") from None
+        group, dot, name = key.partition(".")
+        target = settings.setdefault(group, {}) if dot else settings
+        if not isinstance(target, dict):
+            raise ValueError(f"--set {key}: {group} was given a single value already")
+        target[name if dot else key] = parsed
+    return settings
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table with right-aligned numbers and left-aligned text."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from squeezelab.compress import (
-    inspect_compressed,
-    load_compressed,
-    parse_bits_spec,
-    parse_density_spec,
-    parse_per_layer,
-)
+from squeezelab.compress import CompressionConfig, inspect_compressed
 from squeezelab.compress.coding import SYMBOL_ENCODERS
 from squeezelab.compress.dsd import dense_sparse_dense
 from squeezelab.compress.finetune import finetune_config, finetune_data, inherited_summary
 from squeezelab.compress.kmeans import KMEANS_INITS
-from squeezelab.compress.pipeline import compress_and_evaluate, parse_stage_epochs, parse_stage_lr
+from squeezelab.compress.pipeline import compress_and_evaluate
 from squeezelab.compress.positions import POSITION_CODERS
-from squeezelab.compress.pruning import GRANULARITIES, parse_granularity_spec
+from squeezelab.compress.pruning import GRANULARITIES
 from squeezelab.compress.sensitivity import (
     SWEEP_KINDS,
     Sensitivity,
@@ -35,76 +30,37 @@ from squeezelab.compress.sensitivity import (
 from squeezelab.compress.sharing import CENTROID_UPDATES, SHARED_TRAININGS
 from squeezelab.compress.sqz import FLOAT_STORAGE
 from squeezelab.data import build_loaders, list_datasets
-from squeezelab.interop.loading import detect_format, load_any_model
+from squeezelab.interop.loading import detect_format, load_model
 from squeezelab.models.files import save_model
 from squeezelab.models.profile import MB, MIB
 from squeezelab.train import TrainConfig, distributed_session, training_config_of
 
-from .common import format_table, is_first_process
+from .common import format_table, is_first_process, parse_settings
+from .specs import (
+    density_settings,
+    parse_bits_spec,
+    parse_density_spec,
+    parse_granularity_spec,
+    parse_keep_filters,
+    parse_stage_epochs,
+    parse_stage_lr,
+)
 
 GRANULARITY_HELP = (
     "prune single weights (weight, default) or whole kh x kw kernels (kernel), or per layer: conv3x3=kernel,default=weight"
 )
 
+# options that set the CompressionConfig field of their name, and those that set the fine-tuning setting of theirs
+COMPRESS_OPTIONS = ("init", "centroid_update", "shared_training", "index_coder", "position_coder", "tensor_dtype", "prune_steps",
+                    "finetune_epochs", "bias_correction")  # fmt: skip
+FINETUNE_OPTIONS = ("lr", "batch_size", "distill", "distill_temperature", "cutout", "label_smoothing", "val_fraction")
+# options written as per-layer or per-stage values, with their parsers
+SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {"keep_filters": parse_keep_filters, "granularity": parse_granularity_spec, "bits": parse_bits_spec,
+                                                   "stage_epochs": parse_stage_epochs, "stage_lr": parse_stage_lr}  # fmt: skip
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    compress = subparsers.add_parser(
-        "compress",
-        help="prune, weight-share and entropy-code a model into a .sqz file (Deep Compression)",
-        description="Density and bits take one value or KEY=VALUE pairs by layer name or kind "
-        "(stem, classifier, conv1x1, conv3x3, conv, linear, default), e.g. --density conv3x3=0.33,classifier=0.2.",
-    )
-    _add_model_argument(compress)
-    compress.add_argument("-o", "--output", type=Path, required=True, help="the .sqz file to write")
-    compress.add_argument(
-        "--density",
-        help="fraction of weights kept: 0.3 (global threshold), conv3x3=0.33,classifier=0.2, std:0.7 "
-        "(Han's |w| < 0.7 std rule) or deep-compression (the released SqueezeNet's densities); default: no pruning",
-    )
-    compress.add_argument("--granularity", default="weight", help=GRANULARITY_HELP)
-    compress.add_argument(
-        "--keep-filters", help="structured pruning first (SqueezeNet, SqueezeNext): fraction of filters kept, 0.75 or conv1x1=0.5,..."
-    )
-    compress.add_argument("--bits", default="5", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
-    compress.add_argument("--init", choices=KMEANS_INITS, default="optimal", help="k-means: optimal (exact 1-D) or Han's linear init")
-    compress.add_argument(
-        "--centroid-update", choices=CENTROID_UPDATES, default="mean",
-        help="fine-tuning moves each centroid by the mean (default) or the sum (Han et al.) of its weights' gradients",
-    )
-    compress.add_argument(
-        "--shared-training", choices=SHARED_TRAININGS, default="centroids",
-        help="after weight sharing fine-tune the centroids only (Han et al., default) or latent: quantization-aware, "
-        "full-precision weights re-assigned to their nearest centroid every step (straight-through gradients)",
-    )
-    compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS), default="auto")
-    compress.add_argument("--position-coder", choices=POSITION_CODERS, default="auto")
-    _add_storage_arguments(compress)
-    _add_data_arguments(compress, required=False)
-    compress.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after each stage")
-    compress.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps (each fine-tuned)")
-    compress.add_argument(
-        "--stage-epochs", metavar="STAGE=N,...",
-        help="epochs of named stages instead of --finetune-epochs (stages: filters, prune1..pruneN, quantized), e.g. prune5=16",
-    )
-    compress.add_argument("--lr", type=float, default=0.001, help="fine-tuning learning rate")
-    compress.add_argument(
-        "--stage-lr", metavar="STAGE=LR,...", help="learning rates of named stages instead of --lr, e.g. quantized=0.005"
-    )
-    compress.add_argument("--batch-size", type=int, default=128)
-    compress.add_argument(
-        "--distill", type=float, default=0.0, metavar="WEIGHT",
-        help="fine-tune on the dense model's soft targets too: their weight in [0, 1] (default 0: labels only)",
-    )
-    compress.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature (default 4)")
-    _add_recipe_arguments(compress)
-    compress.add_argument("--run-dir", type=Path, help="fine-tuning run directories (checkpoints, curves); rerun to resume")
-    compress.add_argument(
-        "--bias-correction", type=int, default=0, metavar="N",
-        help="finally shift each layer's bias so that its mean output on N training images (labels unused) matches the dense model's",
-    )  # fmt: skip
-    compress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
-    compress.add_argument("--quiet", action="store_true")
-    compress.set_defaults(func=run_compress)
+    _register_compress(subparsers)
 
     decompress = subparsers.add_parser("decompress", help="decode a .sqz file into a dense model file, or report its size")
     decompress.add_argument("input", type=Path, help=".sqz file")
@@ -159,15 +115,84 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dsd.set_defaults(func=run_dsd)
 
 
+def _register_compress(subparsers: argparse._SubParsersAction) -> None:
+    compress = subparsers.add_parser(
+        "compress",
+        help="prune, weight-share and entropy-code a model into a .sqz file (Deep Compression)",
+        description="Settings come from --config, then the options, then --set KEY=VALUE (fine-tuning settings that "
+        "none of them give follow the checkpoint's training run). Density and bits take one value or KEY=VALUE pairs by "
+        "layer name or kind (stem, classifier, conv1x1, conv3x3, conv, linear, default), e.g. --density conv3x3=0.33,classifier=0.2.",
+    )  # fmt: skip
+    _add_model_argument(compress)
+    compress.add_argument("-o", "--output", type=Path, required=True, help="the .sqz file to write")
+    compress.add_argument("--config", type=Path, help="YAML or JSON CompressionConfig (e.g. a run directory's compression.yaml)")
+    compress.add_argument(
+        "--density",
+        help="fraction of weights kept: 0.3 (global threshold), conv3x3=0.33,classifier=0.2, std:0.7 "
+        "(Han's |w| < 0.7 std rule) or deep-compression (the released SqueezeNet's densities); default: no pruning",
+    )
+    compress.add_argument("--granularity", help=GRANULARITY_HELP)
+    compress.add_argument(
+        "--keep-filters", help="structured pruning first (SqueezeNet, SqueezeNext): fraction of filters kept, 0.75 or conv1x1=0.5,..."
+    )
+    compress.add_argument("--bits", help="weight-sharing bits: 5, or conv=8,classifier=5 (default 5)")
+    compress.add_argument("--init", choices=KMEANS_INITS, help="k-means: optimal (exact 1-D, default) or Han's linear init")
+    compress.add_argument(
+        "--centroid-update", choices=CENTROID_UPDATES,
+        help="fine-tuning moves each centroid by the mean (default) or the sum (Han et al.) of its weights' gradients",
+    )  # fmt: skip
+    compress.add_argument(
+        "--shared-training", choices=SHARED_TRAININGS,
+        help="after weight sharing fine-tune the centroids only (Han et al., default) or latent: quantization-aware, "
+        "full-precision weights re-assigned to their nearest centroid every step (straight-through gradients)",
+    )  # fmt: skip
+    compress.add_argument("--index-coder", choices=("auto", *SYMBOL_ENCODERS))
+    compress.add_argument("--position-coder", choices=POSITION_CODERS)
+    _add_storage_arguments(compress, tensor_dtype=None)
+    _add_data_arguments(compress, required=False)
+    compress.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after each stage (default 0)")
+    compress.add_argument("--prune-steps", type=int, help="iterative pruning steps, each fine-tuned (default 1)")
+    compress.add_argument(
+        "--stage-epochs", metavar="STAGE=N,...",
+        help="epochs of named stages instead of --finetune-epochs (stages: filters, prune1..pruneN, quantized), e.g. prune5=16",
+    )  # fmt: skip
+    compress.add_argument("--lr", type=float, help="fine-tuning learning rate (default 0.001)")
+    compress.add_argument(
+        "--stage-lr", metavar="STAGE=LR,...", help="learning rates of named stages instead of --lr, e.g. quantized=0.005"
+    )
+    compress.add_argument("--batch-size", type=int, help="per process (default 128)")
+    compress.add_argument(
+        "--distill", type=float, metavar="WEIGHT",
+        help="fine-tune on the dense model's soft targets too: their weight in [0, 1] (default 0: labels only)",
+    )  # fmt: skip
+    compress.add_argument("--distill-temperature", type=float, help="softmax temperature (default 4)")
+    _add_recipe_arguments(compress)
+    compress.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="any CompressionConfig field (YAML value); fine-tuning settings as finetune.KEY, e.g. finetune.weight_decay=0",
+    )  # fmt: skip
+    compress.add_argument(
+        "--run-dir", type=Path,
+        help="fine-tuning run directories (checkpoints, curves) and the config (compression.yaml); rerun to resume",
+    )  # fmt: skip
+    compress.add_argument(
+        "--bias-correction", type=int, metavar="N",
+        help="finally shift each layer's bias so that its mean output on N training images (labels unused) matches the dense model's",
+    )  # fmt: skip
+    compress.add_argument("--report", type=Path, metavar="STEM", help="write STEM.md/.csv/.json/.png size reports")
+    compress.add_argument("--quiet", action="store_true")
+    compress.set_defaults(func=run_compress)
+
+
 def _add_model_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("model", type=Path, nargs=None if required else "?", help="model file, checkpoint, .sqz or .net")
     parser.add_argument("--arch", help="registered model name, for files holding a bare state_dict")
 
 
-def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_storage_arguments(parser: argparse.ArgumentParser, tensor_dtype: str | None = "float32") -> None:
     parser.add_argument(
-        "--tensor-dtype", choices=FLOAT_STORAGE, default="float32",
-        help="biases, BN: float32, float16, uint8 (8-bit log codes for BN scales, 8-bit linear for the rest) "
+        "--tensor-dtype", choices=FLOAT_STORAGE, default=tensor_dtype,
+        help="biases, BN: float32 (default), float16, uint8 (8-bit log codes for BN scales, 8-bit linear for the rest) "
         "or compact (10-bit linear for the rest)",
     )  # fmt: skip
     parser.add_argument(
@@ -211,44 +236,43 @@ def _model_data(model, args: argparse.Namespace, config: TrainConfig):
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    # options are checked before the model and data load, which can take minutes
-    density = parse_density_spec(args.density) if args.density else None
+    options = _option_settings(args)  # checked before the model and data load, which can take minutes
     # under torchrun the fine-tuning stages run data-parallel; rank 0 alone prints and writes reports
     with distributed_session() as dist_info:
-        model = load_any_model(args.model, args.arch)
-        config = _finetune_config(
-            args, _training_config(args), max(args.finetune_epochs, 1), lr=args.lr, batch_size=args.batch_size,
-            distill=args.distill, distill_temperature=args.distill_temperature,
-        )  # fmt: skip
+        config = build_compression_config(args, _training_config(args), options)
+        model = load_model(args.model, args.arch)
         outcome = compress_and_evaluate(
-            model,
-            args.output,
-            density=density,
-            granularity=parse_granularity_spec(args.granularity),
-            bits=parse_bits_spec(args.bits),
-            init=args.init,
-            centroid_update=args.centroid_update,
-            shared_training=args.shared_training,
-            keep_filters=parse_per_layer(args.keep_filters, float, "--keep-filters") if args.keep_filters else None,
-            data=_model_data(model, args, config),
-            finetune_epochs=args.finetune_epochs,
-            prune_steps=args.prune_steps,
-            stage_epochs=parse_stage_epochs(args.stage_epochs),
-            stage_lr=parse_stage_lr(args.stage_lr),
-            train_config=config,
-            run_dir=args.run_dir,
-            index_coder=args.index_coder,
-            position_coder=args.position_coder,
-            tensor_dtype=args.tensor_dtype,
-            fold_batch_norm=args.fold_bn,
-            bias_correction=args.bias_correction,
-            progress=not args.quiet,
-            log=None if args.quiet else print,
-        )
+            model, args.output, config, data=_model_data(model, args, config.finetune), run_dir=args.run_dir, dist_info=dist_info,
+            progress=not args.quiet, log=None if args.quiet else print,
+        )  # fmt: skip
         if dist_info.is_main:
             _print_report(outcome.report, args.report)
             print(outcome.summary())
     return 0
+
+
+def build_compression_config(args: argparse.Namespace, training: TrainConfig | None, options: dict[str, Any]) -> CompressionConfig:
+    """The settings of ``--config``, then of the options, then of ``--set``; fine-tuning settings none of them
+    gives follow the checkpoint's ``training`` run (its data split, augmentation, regularisation), then the
+    fine-tuning defaults."""
+    config = CompressionConfig(finetune=finetune_config(1, training=training))
+    if args.config is not None:
+        config = CompressionConfig.load(args.config, base=config)
+    return config.updated(**options).updated(**parse_settings(args.set))
+
+
+def _option_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The compression settings the options give (those not given are left out)."""
+    settings = {name: getattr(args, name) for name in COMPRESS_OPTIONS if getattr(args, name) is not None}
+    settings.update({name: parse(getattr(args, name)) for name, parse in SPEC_OPTIONS.items() if getattr(args, name)})
+    if args.density:
+        settings.update(density_settings(args.density))
+    if args.fold_bn:
+        settings["fold_batch_norm"] = True
+    finetune = {name: getattr(args, name) for name in FINETUNE_OPTIONS if getattr(args, name) is not None}
+    if finetune:
+        settings["finetune"] = finetune
+    return settings
 
 
 def _print_report(report, stem: Path | None) -> None:
@@ -264,7 +288,7 @@ def run_decompress(args: argparse.Namespace) -> int:
     _print_report(report, args.report)
     print(f"{args.input}: {report.file_bytes:,} bytes ({report.file_bytes / MB:.3f} MB, {report.file_bytes / MIB:.3f} MiB)")
     if args.output is not None:
-        save_model(load_compressed(args.input), args.output)
+        save_model(load_model(args.input), args.output)
         print(f"dense model file: {args.output} ({args.output.stat().st_size:,} bytes)")
     return 0
 
@@ -303,13 +327,13 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 def _file_fixed_bytes(args: argparse.Namespace, result: Sensitivity) -> int:
     if args.model is None:
         raise ValueError("--file-bytes needs the model file, to measure its biases, batch norms and metadata")
-    return file_fixed_bytes(result, load_any_model(args.model, args.arch), args.tensor_dtype, args.fold_bn)
+    return file_fixed_bytes(result, load_model(args.model, args.arch), args.tensor_dtype, args.fold_bn)
 
 
 def _run_sweep(args: argparse.Namespace) -> Sensitivity:
     if args.model is None or args.dataset is None:
         raise ValueError("a sweep needs a model file and --dataset (or --from-csv to reuse a sweep)")
-    model = load_any_model(args.model, args.arch)
+    model = load_model(args.model, args.arch)
     splits = _model_data(model, args, _finetune_config(args, _training_config(args)))
     # the validation split: choosing per-layer settings on test images would tune to the test set
     loader = build_loaders(splits, 256).val
@@ -335,7 +359,7 @@ def _run_sweep(args: argparse.Namespace) -> Sensitivity:
 def run_dsd(args: argparse.Namespace) -> int:
     density = parse_density_spec(args.density)  # checked before the model and data load
     with distributed_session() as dist_info:
-        model = load_any_model(args.model, args.arch).train()
+        model = load_model(args.model, args.arch).train()
         config = _finetune_config(args, _training_config(args), args.epochs, lr=args.lr, batch_size=args.batch_size)
         data = _model_data(model, args, config)
         result = dense_sparse_dense(
@@ -345,6 +369,7 @@ def run_dsd(args: argparse.Namespace) -> int:
             density,
             dense_epochs=args.dense_epochs,
             run_dir=args.run_dir,
+            dist_info=dist_info,
             progress=not args.quiet,
             log=None if args.quiet else print,
         )

@@ -16,16 +16,18 @@ from squeezelab.interop import imagenet_class_names, import_caffe_compressed
 from squeezelab.interop.classify import classify_files, expand_inputs
 from squeezelab.interop.deploy import BACKENDS, deploy
 from squeezelab.interop.evaluate import labelled_images, topk_accuracies
-from squeezelab.interop.loading import load_any_model, load_torchvision_checkpoint
+from squeezelab.interop.loading import load_model, load_model_or_name
 from squeezelab.interop.onnx_export import DEFAULT_OPSET, export_onnx, onnx_parity, random_images
 from squeezelab.interop.quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch, quantize_int8
 from squeezelab.interop.runtime import OnnxModel
-from squeezelab.models import create_model, list_models
 from squeezelab.models.files import save_model
 from squeezelab.models.profile import count_params
 from squeezelab.models.registry import model_config
 
 from .common import checked_input_size, format_table, parse_input_size, positive_int
+
+# The model `squeezelab classify` uses when none is given: the ImageNet weights shipped in the package.
+DEFAULT_CLASSIFIER = "squeezenet1_0.dc_in1k"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     classify = subparsers.add_parser("classify", help="top-5 classes of images, with the model's own preprocessing")
     classify.add_argument("images", nargs="+", help="image files or folders")
-    classify.add_argument("--model", required=True, help="model file: squeezelab .pt, .sqz, torchvision .pth, .net, .onnx")
+    classify.add_argument(
+        "--model",
+        help=f"model file (squeezelab .pt, .sqz, torchvision .pth, .net, .onnx) or pretrained tag (default: {DEFAULT_CLASSIFIER}, shipped)",
+    )
     classify.add_argument("--arch", help="registered model name, needed for plain state_dict files")
     classify.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto, fastest)")
     classify.add_argument("--calibration", help="images to build the int8 backend from (cached next to the model)")
@@ -110,7 +115,7 @@ def run_import_caffe(args: argparse.Namespace) -> int:
 
 
 def run_import_torchvision(args: argparse.Namespace) -> int:
-    model = load_torchvision_checkpoint(args.file, args.arch, args.num_classes)
+    model = load_model(args.file, args.arch, args.num_classes)
     save_model(model, args.out)
     print(f"imported {args.file} -> {args.out}: {args.arch}, {count_params(model):,} parameters")
     return 0
@@ -118,8 +123,10 @@ def run_import_torchvision(args: argparse.Namespace) -> int:
 
 def run_classify(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.images)
+    if args.model is None:
+        print(f"model: {DEFAULT_CLASSIFIER} (ImageNet SqueezeNet v1.0 shipped with squeezelab; --model to choose another)")
     deployment = deploy(
-        args.model, args.backend, args.arch, args.calibration, args.calibration_count, threads=args.threads
+        args.model or DEFAULT_CLASSIFIER, args.backend, args.arch, args.calibration, args.calibration_count, threads=args.threads
     )
     print(f"backend: {deployment.describe()}")
     result = classify_files(deployment.model, paths, deployment.cfg, topk=args.topk)
@@ -134,16 +141,8 @@ def run_classify(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
-def _load_for_export(ref: str, arch: str | None):
-    if Path(ref).is_file():
-        return load_any_model(ref, arch=arch)
-    if ref in list_models():
-        return create_model(ref).eval()
-    raise ValueError(f"{ref}: neither a model file nor a registered model name (see 'squeezelab models')")
-
-
 def run_export(args: argparse.Namespace) -> int:
-    model = _load_for_export(args.model, args.arch)
+    model = load_model_or_name(args.model, args.arch)
     size = checked_input_size(model, args.input_size)
     path = export_onnx(model, args.out, input_size=size, opset=args.opset, dynamic_size=args.dynamic_size)
     print(f"exported {args.model} -> {path} (opset {args.opset}, input {'x'.join(map(str, size))}, dynamic batch)")
@@ -153,7 +152,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    model = load_any_model(args.model, arch=args.arch)
+    model = load_model(args.model, arch=args.arch)
     calibration = calibration_batch(args.calibration, model_config(model), args.calibration_count)
     with tempfile.TemporaryDirectory(prefix="squeezelab-quantize-") as tmp:
         fp32_path = export_onnx(model, Path(tmp) / "fp32.onnx")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from squeezelab.interop.loading import load_model
 from squeezelab.models import count_macs, count_params, create_model, get_model_config, layer_table, list_models
+from squeezelab.models.pretrained import list_pretrained, pretrained_weights, provenance
 from squeezelab.models.profile import MB, MIB
 from squeezelab.models.registry import model_config
 
@@ -14,6 +16,7 @@ from .common import format_table, parse_input_size, parse_model_arg
 def register(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser("models", help="list registered models with parameters, size and MACs")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'squeezenet1_*'")
+    models.add_argument("--pretrained", action="store_true", help="list the pretrained weights shipped with squeezelab, with their figures")
     models.set_defaults(func=run_models)
 
     info = subparsers.add_parser("info", help="per-layer table of one model: output shape, params, MACs")
@@ -32,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return _list_pretrained(args.pattern)
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}; run 'squeezelab models' to list them all")
@@ -71,4 +76,25 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"{args.model}: input {'x'.join(map(str, input_size))}, {model_config(model).num_classes} classes")
     print(format_table(["layer", "kind", "output", "params", "MACs"], rows))
     print(f"fp32 size: {4 * params:,} bytes = {4 * params / MB:.3f} MB = {4 * params / MIB:.3f} MiB")
+    return 0
+
+
+def _list_pretrained(pattern: str) -> int:
+    tags = list_pretrained(pattern)
+    if not tags:
+        raise ValueError(f"no pretrained weights match {pattern!r}; shipped: {', '.join(list_pretrained())}")
+    rows, notes = [], []
+    for tag in tags:
+        weights = pretrained_weights(tag)
+        model = load_model(tag)
+        record = provenance(model)
+        figures = record.get("metrics", {})
+        rows.append([
+            tag, model_config(model).dataset, f"{weights.path.stat().st_size:,}", f"{count_params(model):,}",
+            *(f"{figures[key]:.2f}" if key in figures else "-" for key in ("top1", "top5", "top1_tta")),
+            record.get("data", "-"),
+        ])  # fmt: skip
+        notes.append(f"{tag}: {weights.summary}. Made by: {record.get('command', '-')}; measured by: {record.get('measured_by', '-')}")
+    print(format_table(["tag", "data set", "file bytes", "params", "top-1 %", "top-5 %", "top-1 TTA %", "measured on"], rows))
+    print("\n".join(notes))
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from squeezelab.compress.pipeline import quickstart_compress
-from squeezelab.train import quickstart
+from squeezelab.train import distributed_session, quickstart
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,5 +25,6 @@ def run_quickstart(args: argparse.Namespace) -> int:
     print(f"test top-1 {result.test['top1']:.2f}% on {result.test['images']} digits images")
     print(f"run directory (config, metrics.csv, curves.png, checkpoints, results.json, confusion matrix): {result.run_dir}")
     print("Deep Compression of the trained model (pruning, 4-bit shared weights, fine-tuning, entropy coding):")
-    print(quickstart_compress(result.model, result.run_dir, progress=not args.quiet, log=None).summary())
+    with distributed_session() as dist_info:  # under torchrun its fine-tuning stages run data-parallel
+        print(quickstart_compress(result.model, result.run_dir, dist_info=dist_info, progress=not args.quiet, log=None).summary())
     return 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from squeezelab.data import list_datasets
-from squeezelab.interop.loading import detect_format, load_any_model
-from squeezelab.train import TrainConfig, default_run_dir, evaluate_checkpoint, resume_training, train_from_config
+from squeezelab.interop.loading import detect_format, load_model, model_file
+from squeezelab.train import TrainConfig, default_run_dir, evaluate_model, resume_training, train_from_config, training_config_of
 from squeezelab.train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES
 from squeezelab.train.evaluate import TTA_MODES
 from squeezelab.train.rundir import prepare_new_run
@@ -18,7 +18,7 @@ from squeezelab.utils.files import atomic_write_json
 from .common import format_table, non_negative_int, parse_input_size
 
 # Shortcut flags -> TrainConfig fields; anything else is set with --set KEY=VALUE.
-SHORTCUTS = ("model", "dataset", "data_root", "epochs", "batch_size", "lr", "optimizer", "schedule", "seed", "limit", "device", "amp", "workers")
+SHORTCUTS = ("model", "pretrained", "dataset", "data_root", "epochs", "batch_size", "lr", "optimizer", "schedule", "seed", "limit", "device", "amp", "workers")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--config", type=Path, help="YAML or JSON TrainConfig (e.g. a run's config.yaml)")
     train.add_argument("--model", help="registered model name")
+    train.add_argument(
+        "--pretrained",
+        help="fine-tune these weights: a pretrained tag (squeezelab models --pretrained) or a model file; also "
+        "--set freeze_epochs=N, backbone_lr_scale=X",
+    )
     train.add_argument("--dataset", choices=list_datasets())
     train.add_argument("--data-root", help="data folder (default: download into the cache; digits needs none)")
     train.add_argument("--epochs", type=int)
@@ -51,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ev = subparsers.add_parser("eval", help="top-1/top-5, loss, per-class accuracy and images/s of a checkpoint")
     ev.add_argument("model", nargs="?", help="registered model name (only for files without an architecture)")
-    ev.add_argument("--checkpoint", type=Path, required=True, help="model file, training checkpoint, state_dict, compressed .sqz or Caffe .net")
+    ev.add_argument("--checkpoint", type=Path, required=True, help="model file, training checkpoint, state_dict, compressed .sqz, Caffe .net or pretrained tag")
     ev.add_argument("--dataset", required=True, choices=list_datasets())
     ev.add_argument("--data-root", help="data folder")
     ev.add_argument("--split", choices=("test", "val"), default="test")
@@ -106,14 +111,16 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    # .sqz and Caffe .net files are read by the interop loader; torch files keep their training record
-    loaded = load_any_model(args.checkpoint) if detect_format(args.checkpoint) != "torch" else None
-    metrics, splits = evaluate_checkpoint(
-        args.checkpoint,
+    path = model_file(args.checkpoint)  # a pretrained tag is its shipped file
+    model = load_model(path, arch=args.model)
+    # a training checkpoint records its run's validation split (.sqz and Caffe files hold no training record)
+    training = training_config_of(path) if detect_format(path) == "torch" else None
+    metrics, splits = evaluate_model(
+        model,
         args.dataset,
         args.data_root,
-        model=loaded,
-        model_name=args.model,
+        training=training,
+        source=str(args.checkpoint),
         split=args.split,
         batch_size=args.batch_size,
         workers=args.workers,

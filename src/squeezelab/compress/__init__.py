@@ -3,14 +3,16 @@
 See docs/compression.md. The pieces, in pipeline order: :func:`prune` / :func:`prune_filters`,
 :func:`quantize`, :func:`correct_biases`, fine-tuning with ``squeezelab.train.fit`` (or :func:`distill`), :func:`save_compressed`
 and :func:`load_compressed`; :func:`sweep` / :func:`allocate` for sensitivity-based budgets;
-:func:`compress_and_evaluate` runs it all; :func:`dense_sparse_dense` is DSD training.
+:func:`compress_and_evaluate` runs it all as a :class:`CompressionConfig` says; :func:`dense_sparse_dense` is DSD
+training.
 """
 
 from .biascorrection import correct_biases
+from .config import CompressionConfig
 from .dsd import DSDResult, dense_sparse_dense
 from .finetune import distill, finetune, finetune_config, finetune_data
 from .kmeans import kmeans_1d, kmeans_1d_many
-from .layers import layer_kinds, parse_per_layer, prunable_layers, resolve_per_layer
+from .layers import layer_kinds, prunable_layers, resolve_per_layer
 from .pipeline import CompressionOutcome, compress_and_evaluate, quickstart_compress
 from .pruning import (
     DEEP_COMPRESSION_DENSITIES,
@@ -19,8 +21,6 @@ from .pruning import (
     bake,
     densities,
     iterative_prune,
-    parse_density_spec,
-    parse_granularity_spec,
     plain_copy,
     plain_state_dict,
     prune,
@@ -30,13 +30,14 @@ from .pruning import (
 )
 from .report import LayerSize, SizeReport
 from .sensitivity import Sensitivity, accuracy_scorer, allocate, distillation_scorer, file_fixed_bytes, sweep
-from .sharing import LatentWeightSharing, WeightSharing, fix_assignments, parse_bits_spec, quantize, shared_layers
+from .sharing import LatentWeightSharing, WeightSharing, fix_assignments, quantize, shared_layers
 from .sqz import CompressedFileError, inspect_compressed, load_compressed, non_weight_bytes, save_compressed
 from .structured import prune_filters
 
 __all__ = [
     "DEEP_COMPRESSION_DENSITIES",
     "CompressedFileError",
+    "CompressionConfig",
     "CompressionOutcome",
     "DSDResult",
     "LayerSize",
@@ -66,10 +67,6 @@ __all__ = [
     "layer_kinds",
     "load_compressed",
     "non_weight_bytes",
-    "parse_bits_spec",
-    "parse_density_spec",
-    "parse_granularity_spec",
-    "parse_per_layer",
     "plain_copy",
     "plain_state_dict",
     "prunable_layers",

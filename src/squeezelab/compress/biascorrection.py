@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
+from .batchnorm import batch_norms, sole_convolution_inputs
 from .layers import layer_bias, prunable_layers
-from .sqz import batch_norms, sole_convolution_inputs
 
 
 def correct_biases(

@@ -17,6 +17,7 @@ from squeezelab.models.registry import model_config
 from squeezelab.train import FitResult, TrainConfig, fit
 
 from .sensitivity import predict
+from .stages import has_checkpoint
 
 # Fine-tuning starts from trained weights: a small constant-then-decaying learning rate, no warm-up.
 FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.001, "schedule": "cosine", "weight_decay": 5e-4, "warmup_epochs": 0.0}
@@ -69,10 +70,11 @@ def finetune(
 ) -> FitResult:
     """``fit`` the (pruned / weight-shared) model in place; returns fit's result (test metrics included).
 
-    With ``config.distill`` > 0, ``teacher`` (typically the dense model before compression) adds its soft
-    targets to the labels."""
+    With ``resume``, training continues from the checkpoint in ``run_dir`` if it holds one. With
+    ``config.distill`` > 0, ``teacher`` (typically the dense model before compression) adds its soft targets
+    to the labels."""
     run_path = Path(run_dir) if run_dir is not None else None
-    resume = resume and run_path is not None and (run_path / "last.pt").is_file()
+    resume = resume and has_checkpoint(run_path)
     hint = f"rerun the same command to resume from the checkpoints in {run_path.parent}" if run_path else None
     return fit(model, config, data, run_path, resume=resume, progress=progress, log=log, teacher=teacher, resume_hint=hint)
 

@@ -10,7 +10,7 @@ same is written ``conv3x3=0.33,classifier=0.2``.
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping, TypeVar
+from typing import Mapping, TypeVar
 
 import torch
 import torch.nn as nn
@@ -114,13 +114,3 @@ def _inside(layer: str, prefix: str) -> bool:
     """``layer`` is the module ``prefix`` or lies inside it (``a.b`` is inside ``a``, ``ab`` is not)."""
     return layer == prefix or layer.startswith(prefix + ".")
 
-
-def parse_per_layer(text: str, convert: Callable[[str], T], what: str) -> T | dict[str, T]:
-    """Parse ``0.33`` or ``conv3x3=0.33,classifier=0.2`` (values converted by ``convert``)."""
-    try:
-        if "=" not in text:
-            return convert(text)
-        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-        return {key.strip(): convert(value) for key, value in pairs}
-    except ValueError:
-        raise ValueError(f"{what}: cannot read {text!r}; expected a value or KEY=VALUE,KEY=VALUE") from None

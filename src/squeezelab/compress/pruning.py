@@ -25,7 +25,7 @@ from squeezelab.models.files import model_record
 from squeezelab.models.registry import create_model
 from squeezelab.utils.files import atomic_torch_save
 
-from .layers import layer_weight, parse_per_layer, prunable_layers, resolve_per_layer, weight_parametrizations
+from .layers import layer_weight, prunable_layers, resolve_per_layer, weight_parametrizations
 
 
 @dataclass(frozen=True)
@@ -63,27 +63,6 @@ class PruningMask(nn.Module):
         return weight * self.mask
 
 
-def parse_density_spec(text: str) -> DensitySpec:
-    """``0.3`` (one global target), ``conv3x3=0.33,classifier=0.2`` (by layer/kind), ``std:0.7``
-    (Han's threshold) or ``deep-compression`` (the released SqueezeNet's layer densities).
-
-    Values are checked here, before any model is loaded: densities must lie in (0, 1] and std scales be
-    finite and > 0 (a scale <= 0 prunes nothing, since no ``|w|`` is below ``scale * std``).
-    """
-    if text == "deep-compression":
-        return dict(DEEP_COMPRESSION_DENSITIES)
-    is_std = text.startswith("std:")
-    values = parse_per_layer(text[4:], float, "--density std:") if is_std else parse_per_layer(text, float, "--density")
-    try:
-        if is_std:
-            return StdThreshold(values)
-        for density in _spec_values(values):
-            _check_density(density)
-        return values
-    except ValueError as exc:
-        raise ValueError(f"--density {text}: {exc}") from None
-
-
 def _spec_values(spec: float | Mapping[str, float]) -> list[float]:
     return list(spec.values()) if isinstance(spec, Mapping) else [spec]
 
@@ -98,15 +77,6 @@ def current_mask(module: nn.Module) -> torch.Tensor:
     return layer_weight(module).detach() != 0
 
 
-def parse_granularity_spec(text: str) -> GranularitySpec:
-    """``kernel`` for every layer or ``conv3x3=kernel,default=weight`` by layer name / kind."""
-    spec = parse_per_layer(text, str.strip, "--granularity")
-    for value in spec.values() if isinstance(spec, Mapping) else [spec]:
-        if value not in GRANULARITIES:
-            raise ValueError(f"--granularity: expected {' or '.join(GRANULARITIES)} (or LAYER=... pairs of them), got {value!r}")
-    return spec
-
-
 def _check_granularity(granularity: str) -> None:
     if granularity not in GRANULARITIES:
         raise ValueError(f"pruning granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
@@ -118,7 +88,7 @@ def magnitude_mask(
     """Keep exactly ``round(density * numel)`` largest-magnitude weights (among ``allowed`` ones), or with
     ``granularity="kernel"`` the ``round(density * kernels)`` kernels of largest L2 norm, whole (a layer
     whose kernels are single weights is pruned weight by weight either way)."""
-    _check_density(density)
+    check_density(density)
     _check_granularity(granularity)
     taps = weight[0, 0].numel() if weight.dim() > 2 else 1
     if granularity == "weight" or taps == 1:
@@ -137,7 +107,8 @@ def _largest(scores: torch.Tensor, density: float, allowed: torch.Tensor | None)
     return mask
 
 
-def _check_density(density: float) -> None:
+def check_density(density: float) -> None:
+    """Refuse a density outside (0, 1] (the fraction of weights kept)."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
 
@@ -151,7 +122,7 @@ def resolve_densities(model: nn.Module, spec: DensitySpec) -> dict[str, float]:
     if isinstance(spec, Mapping):
         densities = resolve_per_layer(model, spec, "density")
         for density in densities.values():
-            _check_density(density)
+            check_density(density)
         return densities
     return _global_densities(layers, float(spec))
 
@@ -163,7 +134,7 @@ def _std_density(weight: torch.Tensor, scale: float) -> float:
 
 
 def _global_densities(layers: Mapping[str, nn.Module], density: float) -> dict[str, float]:
-    _check_density(density)
+    check_density(density)
     magnitudes = torch.cat([layer_weight(m).detach().abs().flatten() for m in layers.values()])
     keep = torch.zeros_like(magnitudes, dtype=torch.bool)
     keep[torch.topk(magnitudes, round(density * magnitudes.numel()), sorted=False).indices] = True

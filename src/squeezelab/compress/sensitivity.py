@@ -24,13 +24,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from squeezelab.train import evaluate
+from squeezelab.train.evaluate import evaluate
 from squeezelab.utils.files import atomic_write_text
 
 from .layers import layer_weight, prunable_layers, resolve_per_layer
 from .pruning import current_mask, magnitude_mask, plain_copy, set_mask, strip_module
 from .sharing import share_weights
-from .sqz import layer_bytes, non_weight_bytes
+from .sizes import layer_bytes
+from .sqz import non_weight_bytes
 
 Scorer = Callable[[nn.Module], dict[str, float]]
 SWEEP_KINDS = ("density", "bits")

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .kmeans import kmeans_1d_many
-from .layers import layer_weight, parse_per_layer, prunable_layers, resolve_per_layer, weight_parametrizations
+from .layers import layer_weight, prunable_layers, resolve_per_layer, weight_parametrizations
 from .pruning import bake_module, current_mask
 
 MAX_BITS = 16
@@ -120,11 +120,6 @@ class LatentWeightSharing(nn.Module):
         sums = torch.zeros_like(self.codebook).index_add_(0, labels, kept.float())
         counts = torch.bincount(labels, minlength=len(self.codebook))
         self.codebook.copy_(torch.where(counts > 0, sums / counts.clamp(min=1), self.codebook))
-
-
-def parse_bits_spec(text: str) -> int | dict[str, int]:
-    """``6`` for every layer or ``conv=8,classifier=5`` by layer name / kind."""
-    return parse_per_layer(text, int, "--bits")
 
 
 def weight_sharing(module: nn.Module) -> WeightSharing | None:

@@ -5,16 +5,16 @@ Layout (little-endian)::
     magic "SQZL" | uint16 version | uint16 flags (0) | uint32 metadata length
     metadata: zlib-compressed JSON (model spec, preprocessing config, per-layer stream table)
     body: for each weight-shared layer, in order: codebook (float32), index table, index payload,
-          position table, position payload; then every other state_dict tensor (raw, dtype in metadata;
-          an all-zero floating-point tensor is stored as its shape only, dtype "zeros")
+          position table, position payload; then every other state_dict tensor (stored as the metadata
+          says, see :mod:`.tensorcodecs`; an all-zero floating-point tensor as its shape only, "zeros")
     uint32 CRC-32 of everything before it
 
 Weight-shared layers store only their kept weights: the cluster index of each (entropy-coded) and the
-sparsity pattern (entropy-coded, see :mod:`.positions`). Biases, batch-norm parameters and any layer
-without weight sharing are stored raw as float32 or, if asked, float16 or as codes after a small per-tensor
-header: 8-bit logarithmic ones for batch-norm scales and variances, 8- or 10-bit linear ones for the rest
-(see :func:`save_compressed`). Decoding rebuilds the model
-from its registered name and arguments; it never executes code from the file.
+sparsity pattern (entropy-coded, see :mod:`.positions`; the streams of a layer and what they cost:
+:mod:`.sizes`). Biases, batch-norm parameters and any layer without weight sharing are stored raw as float32
+or, if asked, float16 or as 8- or 10-bit codes (see :func:`save_compressed`); batch norms may be stored
+folded (:mod:`.batchnorm`). Decoding rebuilds the model from its registered name and arguments; it never
+executes code from the file.
 """
 
 from __future__ import annotations
@@ -28,23 +28,28 @@ import random
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping, cast
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.fx
 import torch.nn as nn
 
 from squeezelab.models.registry import ModelConfig, create_model, model_skeleton, set_model_config
 from squeezelab.utils.errors import DamagedFileError, first_line
 from squeezelab.utils.files import atomic_write_bytes
 
-from .coding import EncodedStream, decode_stream, encode_symbols, entropy_bytes, symbol_counts
+from .batchnorm import BATCH_NORM_BUFFERS, batch_norms, folded_state, sole_convolution_inputs, unfolded_state
+from .coding import EncodedStream, decode_stream, entropy_bytes, symbol_counts
 from .layers import layer_weight, prunable_layers
-from .positions import decode_positions, encode_positions, kernel_taps
-from .pruning import current_mask, plain_state_dict
-from .report import LayerSize, SizeReport
-from .sharing import WeightSharing, planned_sharing, set_weight_sharing, shared_layers, weight_sharing
+from .positions import decode_positions
+from .pruning import plain_state_dict
+from .report import SizeReport
+from .sharing import set_weight_sharing, shared_layers
+from .sizes import CodedLayer, code_layer, size_report
+from .sizes import layer_bytes as layer_bytes  # re-exported: tests import it from here
+from .tensorcodecs import FLOAT_STORAGE, STORAGES, TensorCodingError, decode_tensor, tensor_bytes, tensor_nbytes, tensor_storage
+from .tensorcodecs import from_log_codes as _from_log_codes  # noqa: F401  (tests/compress/test_sqz.py imports it from here)
+from .tensorcodecs import log_codes as _log_codes  # noqa: F401  (tests/compress/test_sqz.py imports it from here)
 
 MAGIC = b"SQZL"
 # version 2: "zeros" tensors (folded batch norms absorb the bias of the convolution before them)
@@ -53,30 +58,10 @@ MAGIC = b"SQZL"
 FORMAT_VERSION = 4
 HEADER = struct.Struct("<4sHHI")
 CHECKSUM = struct.Struct("<I")
-TENSOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
-ZEROS = "zeros"  # storage of an all-zero floating-point tensor: no bytes
-# How floating-point tensors other than the coded weights may be stored (``uint8``: linear 8-bit codes).
-FLOAT_STORAGE = ("float32", "float16", "uint8", "compact")
-LINEAR_RANGE = struct.Struct("<ff")  # minimum, step of a tensor of linear codes
-LINEAR_BITS = {"uint8": 8, "linear10": 10}  # per-tensor storages of linear codes, bit-packed
-LOG8 = "log8"
-LOG_RANGE = struct.Struct("<ffB")  # natural log of the smallest magnitude, log step, sign mode
-LOG_SIGN_MODES = ("positive", "negative", "mixed")  # mixed: the top bit of each code is the sign
 
 
 class CompressedFileError(DamagedFileError):
     """The file is not a readable squeezelab compressed model (message names the file)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _DecodedLayer:
-    name: str
-    codebook: np.ndarray
-    indices: np.ndarray  # one per kept weight, in flattened order
-    mask: np.ndarray  # flattened booleans
-    shape: tuple[int, ...]
-    index_stream: EncodedStream
-    position_stream: EncodedStream | None
 
 
 def save_compressed(
@@ -108,18 +93,13 @@ def save_compressed(
     if not shared:
         raise ValueError("the model has no weight-shared layer: run squeezelab.compress.quantize(model, bits) first")
     _model_spec(model)  # before the coding work, not after it
-    layer_entries, sections, encoded = [], [], []
-    for name, sharing in shared.items():
-        entry, layer_sections, layer = _encode_layer(name, sharing, index_coder, position_coder)
-        layer_entries.append(entry)
-        sections += layer_sections
-        encoded.append(layer)
+    layers = [code_layer(name, sharing, index_coder, position_coder) for name, sharing in shared.items()]
     small = _SmallTensors.of(model, set(shared), tensor_dtype, fold_batch_norm)
-    metadata = _metadata(model, layer_entries, small)
-    sections += small.sections
+    metadata = _metadata(model, [_coded_layer_entry(layer) for layer in layers], small)
+    sections = [section for layer in layers for section in _layer_sections(layer)] + small.sections
     data = _assemble(metadata, sections)
     atomic_write_bytes(path, data)
-    return _size_report(encoded, small.entries, len(data), small.state)
+    return size_report(layers, small.entries, len(data), small.state)
 
 
 def non_weight_bytes(model: nn.Module, tensor_dtype: str = "float32", fold_batch_norm: bool = False) -> int:
@@ -153,16 +133,16 @@ class _SmallTensors:
     def of(cls, model: nn.Module, coded_layers: set[str], tensor_dtype: str, fold_batch_norm: bool) -> _SmallTensors:
         norms = batch_norms(model)
         folded = norms if fold_batch_norm else {}
-        state = _folded_state(plain_state_dict(model), folded, sole_convolution_inputs(model, folded) if folded else {})
+        state = folded_state(plain_state_dict(model), folded, sole_convolution_inputs(model, folded) if folded else {})
         coded_keys = {f"{name}.weight" for name in coded_layers}
         scales = {f"{name}.{kind}" for name in norms for kind in ("weight", "running_var")}
         entries, sections = [], []
         for key, tensor in state.items():
             if key in coded_keys:
                 continue
-            dtype = _storage(tensor, tensor_dtype, is_scale=key in scales)
-            entries.append([key, dtype, list(tensor.shape)])
-            sections.append(_tensor_bytes(tensor, dtype))
+            storage = tensor_storage(tensor, tensor_dtype, is_scale=key in scales)
+            entries.append([key, storage, list(tensor.shape)])
+            sections.append(tensor_bytes(tensor, storage))
         return cls(state, sorted(folded), entries, sections)
 
 
@@ -185,34 +165,29 @@ def _metadata(model: nn.Module, layer_entries: list[dict[str, Any]], small: _Sma
     }
 
 
-def _encode_layer(
-    name: str, sharing: WeightSharing, index_coder: str, position_coder: str
-) -> tuple[dict[str, Any], list[bytes], _DecodedLayer]:
-    mask = sharing.mask.detach().cpu().numpy().ravel()
-    indices = sharing.indices.detach().cpu().numpy().ravel()[mask]
-    codebook = sharing.codebook.detach().cpu().float().numpy()
-    index_stream = encode_symbols(indices, index_coder, alphabet=len(codebook))
-    taps = kernel_taps(tuple(sharing.mask.shape))
-    position_stream = None if mask.all() else encode_positions(mask, position_coder, taps)
-    entry = _layer_entry(
-        name, tuple(sharing.mask.shape), int(mask.sum()), len(codebook),
-        [index_stream.coder, len(index_stream.table), len(index_stream.payload)],
-        None if position_stream is None
-        else [position_stream.coder, len(position_stream.table), len(position_stream.payload), position_stream.count],
-    )  # fmt: skip
-    sections = [codebook.astype("<f4").tobytes(), index_stream.table, index_stream.payload]
-    if position_stream is not None:
-        sections += [position_stream.table, position_stream.payload]
-    layer = _DecodedLayer(name, codebook, indices, mask, tuple(sharing.mask.shape), index_stream, position_stream)
-    return entry, sections, layer
-
-
 def _layer_entry(
     name: str, shape: tuple[int, ...], nonzeros: int, clusters: int, index: list, positions: list | None
 ) -> dict[str, Any]:
     """A layer's row of the metadata's stream table: ``index`` is [coder, table bytes, payload bytes],
     ``positions`` the same and the count of coded positions (None: the layer is dense)."""
     return {"name": name, "shape": list(shape), "nonzeros": nonzeros, "clusters": clusters, "index": index, "positions": positions}
+
+
+def _coded_layer_entry(layer: CodedLayer) -> dict[str, Any]:
+    index, positions = layer.index_stream, layer.position_stream
+    return _layer_entry(
+        layer.name, layer.shape, int(layer.mask.sum()), len(layer.codebook),
+        [index.coder, len(index.table), len(index.payload)],
+        None if positions is None else [positions.coder, len(positions.table), len(positions.payload), positions.count],
+    )  # fmt: skip
+
+
+def _layer_sections(layer: CodedLayer) -> list[bytes]:
+    """A coded layer's parts in file order (:data:`SECTION_FIELDS`); the position parts only if it is sparse."""
+    sections = [layer.codebook.astype("<f4").tobytes(), layer.index_stream.table, layer.index_stream.payload]
+    if layer.position_stream is not None:
+        sections += [layer.position_stream.table, layer.position_stream.payload]
+    return sections
 
 
 def _typical_layer_entry(name: str, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -226,202 +201,10 @@ def _typical_layer_entry(name: str, shape: tuple[int, ...]) -> dict[str, Any]:
     return _layer_entry(name, shape, kept, 8, ["huffman", 9, index], ["mask", 3, positions, weights])
 
 
-def layer_bytes(module: nn.Module, index_coder: str = "auto", position_coder: str = "auto", bits: int | None = None) -> int:
-    """Bytes of a layer's weight in a ``.sqz`` file: coded streams if weight-shared (or, given ``bits``, as
-    if weight-shared with that many bits and its current mask), otherwise an estimate for sparse float32
-    storage (4 bytes per kept weight plus the coded positions)."""
-    sharing = weight_sharing(module)
-    if sharing is None and bits is not None:
-        (sharing,) = planned_sharing([module], [bits])
-    if sharing is not None:
-        _, sections, _ = _encode_layer("", sharing, index_coder, position_coder)
-        return sum(len(section) for section in sections)
-    mask = current_mask(module).cpu().numpy().ravel()
-    positions = 0 if mask.all() else encode_positions(mask, position_coder, kernel_taps(tuple(layer_weight(module).shape))).nbytes
-    return 4 * int(mask.sum()) + positions
-
-
-def _storage(tensor: torch.Tensor, tensor_dtype: str, is_scale: bool) -> str:
-    """How one tensor is stored under the ``tensor_dtype`` policy of :func:`save_compressed`."""
-    if not tensor.is_floating_point():
-        return "int64"
-    if not tensor.any():
-        return ZEROS
-    if tensor_dtype in ("uint8", "compact"):
-        return LOG8 if is_scale else "linear10" if tensor_dtype == "compact" else "uint8"
-    return tensor_dtype
-
-
-def _tensor_bytes(tensor: torch.Tensor, dtype: str) -> bytes:
-    if dtype == ZEROS:
-        return b""
-    if dtype in LINEAR_BITS:
-        return _linear_codes(tensor.detach().cpu().double().flatten(), LINEAR_BITS[dtype])
-    if dtype == LOG8:
-        return _log_codes(tensor.detach().cpu().double().flatten())
-    array = tensor.detach().cpu().to(TENSOR_DTYPES[dtype]).contiguous().numpy()
-    return array.astype(array.dtype.newbyteorder("<")).tobytes()
-
-
-def _linear_codes(values: torch.Tensor, bits: int) -> bytes:
-    low = float(values.min()) if values.numel() else 0.0
-    step = (float(values.max()) - low) / ((1 << bits) - 1) if values.numel() else 0.0
-    codes = torch.zeros_like(values) if step == 0 else torch.round((values - low) / step)
-    return LINEAR_RANGE.pack(low, step) + _packed(codes.to(torch.int64).numpy(), bits)
-
-
-def _from_linear_codes(raw: bytes, shape: list[int], bits: int) -> torch.Tensor:
-    low, step = LINEAR_RANGE.unpack(raw[: LINEAR_RANGE.size])
-    codes = _unpacked(raw[LINEAR_RANGE.size :], int(np.prod(shape, dtype=np.int64)), bits)
-    return torch.from_numpy((low + step * codes.astype(np.float64)).astype(np.float32).reshape(shape))
-
-
-def _packed(codes: np.ndarray, bits: int) -> bytes:
-    """``bits`` bits per code, most significant first (8-bit codes are one byte each)."""
-    shifts = np.arange(bits - 1, -1, -1)
-    return np.packbits(((codes[:, None] >> shifts) & 1).astype(np.uint8)).tobytes()
-
-
-def _unpacked(raw: bytes, count: int, bits: int) -> np.ndarray:
-    flat = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: count * bits].astype(np.int64)
-    return flat.reshape(count, bits) @ (1 << np.arange(bits - 1, -1, -1))
-
-
-def _log_codes(values: torch.Tensor) -> bytes:
-    """Code 0 is an exact zero; codes 1.. step evenly through log |value| from the smallest magnitude to the
-    largest. With both signs present the top bit is the sign and 7 bits are left for the magnitude."""
-    negative, nonzero = values < 0, values != 0
-    mode = 2 if negative.any() and (values > 0).any() else int(bool(negative.any()))
-    levels = 127 if mode == 2 else 255
-    logs = values[nonzero].abs().log()
-    low = float(logs.min())
-    step = (float(logs.max()) - low) / (levels - 1)
-    codes = torch.zeros_like(values)
-    codes[nonzero] = 1 + (torch.round((logs - low) / step) if step > 0 else torch.zeros_like(logs))
-    if mode == 2:
-        codes += 128 * negative
-    return LOG_RANGE.pack(low, step, mode) + codes.to(torch.uint8).numpy().tobytes()
-
-
-def _from_log_codes(raw: bytes, shape: list[int]) -> torch.Tensor:
-    low, step, mode = LOG_RANGE.unpack(raw[: LOG_RANGE.size])
-    if mode >= len(LOG_SIGN_MODES):
-        raise CompressedFileError(f"unknown sign mode {mode} of a log8 tensor")
-    codes = np.frombuffer(raw[LOG_RANGE.size :], dtype=np.uint8).astype(np.int64)
-    magnitudes = codes & 0x7F if mode == 2 else codes
-    values = np.where(magnitudes > 0, np.exp(low + step * (magnitudes - 1)), 0.0)
-    signs = np.where(codes >= 128, -1.0, 1.0) if mode == 2 else -1.0 if mode == 1 else 1.0
-    return torch.from_numpy((signs * values).astype(np.float32).reshape(shape))
-
-
 def _assemble(metadata: dict[str, Any], sections: list[bytes]) -> bytes:
     meta = zlib.compress(json.dumps(metadata, separators=(",", ":")).encode(), 9)
     body = HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(meta)) + meta + b"".join(sections)
     return body + CHECKSUM.pack(zlib.crc32(body))
-
-
-def _size_report(layers: list[_DecodedLayer], tensor_entries: list, file_bytes: int, state: dict) -> SizeReport:
-    tensor_sizes = {key: _tensor_nbytes(dtype, shape) for key, dtype, shape in tensor_entries}
-    rows = []
-    for layer in layers:
-        positions = layer.position_stream
-        rows.append(
-            LayerSize(
-                name=layer.name,
-                shape=layer.shape,
-                params=int(layer.mask.size),
-                nonzeros=int(layer.mask.sum()),
-                clusters=len(layer.codebook),
-                codebook_bytes=4 * len(layer.codebook),
-                index_coder=layer.index_stream.coder,
-                index_bytes=layer.index_stream.nbytes,
-                index_limit_bytes=layer.index_stream.entropy_bytes,
-                position_coder=positions.coder if positions else "dense",
-                position_bytes=positions.nbytes if positions else 0,
-                position_limit_bytes=positions.entropy_bytes if positions else 0.0,
-                bias_bytes=tensor_sizes.pop(f"{layer.name}.bias", 0),
-            )
-        )
-    other = sum(tensor_sizes.values())
-    coded = sum(row.total_bytes for row in rows) + other
-    parameters = sum(t.numel() for key, t in state.items() if t.is_floating_point() and not _is_buffer_key(key))
-    return SizeReport(rows, other, file_bytes - coded, file_bytes, 4 * parameters)
-
-
-def batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    """The batch norms with running statistics and an affine part: those whose eval-mode map can be folded."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats and module.affine
-    }
-
-
-def sole_convolution_inputs(model: nn.Module, norms: Mapping[str, nn.Module], require_bias: bool = True) -> dict[str, str]:
-    """For each batch norm in ``norms`` whose input is the output of a convolution (a biased one unless
-    ``require_bias`` is False) used by nothing else, that convolution's name (from the ``torch.fx`` graph)."""
-    graph = torch.fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    inputs: dict[str, str] = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in norms:
-            continue
-        source = node.args[0]
-        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
-            continue
-        conv = modules[source.target]
-        if isinstance(conv, nn.modules.conv._ConvNd) and (conv.bias is not None or not require_bias):
-            # a call_module node's target is its module's name (typed str | Callable for other node kinds)
-            inputs[cast(str, node.target)] = cast(str, source.target)
-    return inputs
-
-
-def _folded_state(
-    state: dict[str, torch.Tensor], norms: Mapping[str, nn.modules.batchnorm._BatchNorm], conv_inputs: dict[str, str]
-) -> dict[str, torch.Tensor]:
-    """``state`` with each batch norm in ``norms`` reduced to its eval-mode scale (as weight) and shift (as bias);
-    the bias of the convolution in ``conv_inputs`` that feeds it moves into the shift (the bias becomes zero)."""
-    state = dict(state)
-    for name, norm in norms.items():
-        scale = state[f"{name}.weight"] / torch.sqrt(state[f"{name}.running_var"] + norm.eps)
-        conv_bias = state[f"{conv_inputs[name]}.bias"] if name in conv_inputs else 0.0
-        state[f"{name}.bias"] = state[f"{name}.bias"] + (conv_bias - state[f"{name}.running_mean"]) * scale
-        state[f"{name}.weight"] = scale
-        if isinstance(conv_bias, torch.Tensor):  # a tensor exactly when name is in conv_inputs
-            state[f"{conv_inputs[name]}.bias"] = torch.zeros_like(conv_bias)
-        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-            state.pop(f"{name}.{buffer}", None)
-    return state
-
-
-def _unfolded_state(state: dict[str, torch.Tensor], model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """Running statistics that make folded batch norms apply exactly their stored scale and shift (``names``
-    are batch norms of ``model``: the reader checks that before decoding)."""
-    state = dict(state)
-    norms = batch_norms(model)
-    for name in names:
-        norm = norms[name]
-        state[f"{name}.running_mean"] = torch.zeros(norm.num_features)
-        state[f"{name}.running_var"] = torch.full((norm.num_features,), 1.0 - norm.eps)
-        state[f"{name}.num_batches_tracked"] = torch.tensor(0)
-    return state
-
-
-def _tensor_nbytes(dtype: str, shape: list[int]) -> int:
-    if dtype == ZEROS:
-        return 0
-    count = int(np.prod(shape, dtype=np.int64))
-    if dtype in LINEAR_BITS:
-        return LINEAR_RANGE.size + (count * LINEAR_BITS[dtype] + 7) // 8
-    if dtype == LOG8:
-        return LOG_RANGE.size + count
-    if dtype not in TENSOR_DTYPES:
-        raise CompressedFileError(f"unknown tensor storage {dtype!r}")
-    return count * torch.empty(0, dtype=TENSOR_DTYPES[dtype]).element_size()
-
-
-def _is_buffer_key(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -432,9 +215,7 @@ def _is_buffer_key(key: str) -> bool:
 
 METADATA_LIMIT = 4 << 20  # bytes of inflated metadata; real files need a few kB (1000 ImageNet class names: 20 kB)
 METADATA_DEPTH = 32  # nesting of the metadata's JSON; real files nest 4 deep, a little more in default_cfg.extra
-STORAGES = (*TENSOR_DTYPES, ZEROS, LOG8, *LINEAR_BITS)
 MAX_DIMENSIONS = 8
-BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 # What malformed content can still raise below a check this reader lacks: turned into CompressedFileError, so
 # that a bad file never shows a traceback (RecursionError is a RuntimeError, so it is listed before those).
 MALFORMED_CONTENT = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError, RecursionError, struct.error, zlib.error)
@@ -444,7 +225,7 @@ MALFORMED_CONTENT = (KeyError, TypeError, ValueError, IndexError, AttributeError
 class _DecodedFile:
     metadata: dict[str, Any]
     cfg: ModelConfig | None
-    layers: list[_DecodedLayer]
+    layers: list[CodedLayer]
     tensors: dict[str, torch.Tensor]
 
 
@@ -469,10 +250,10 @@ def inspect_compressed(path: str | os.PathLike) -> SizeReport:
     """The size report of a ``.sqz`` file (decodes the streams to measure their Shannon limits)."""
     decoded = _read(Path(path))
     state = _plain_state(decoded.layers, decoded.tensors)
-    return _size_report(decoded.layers, decoded.metadata["tensors"], Path(path).stat().st_size, state)
+    return size_report(decoded.layers, decoded.metadata["tensors"], Path(path).stat().st_size, state)
 
 
-def _plain_state(layers: list[_DecodedLayer], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _plain_state(layers: list[CodedLayer], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = dict(tensors)
     for layer in layers:
         state[f"{layer.name}.weight"] = _layer_weight(layer)
@@ -498,7 +279,7 @@ def _refusals(path: Path) -> Iterator[None]:
     """Any failure of reading ``path`` as one CompressedFileError, one line naming the file."""
     try:
         yield
-    except CompressedFileError as exc:
+    except (CompressedFileError, TensorCodingError) as exc:  # messages that say what is wrong already
         raise CompressedFileError(f"{path}: {first_line(exc)}") from None
     except MALFORMED_CONTENT as exc:
         raise CompressedFileError(f"{path}: damaged compressed model ({first_line(exc)})") from None
@@ -529,7 +310,7 @@ def _built_model(decoded: _DecodedFile) -> nn.Module:
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     if decoded.cfg is not None:
         set_model_config(model, decoded.cfg)
-    state = _unfolded_state(_plain_state(decoded.layers, decoded.tensors), model, decoded.metadata["folded_batch_norm"])
+    state = unfolded_state(_plain_state(decoded.layers, decoded.tensors), model, decoded.metadata["folded_batch_norm"])
     model.load_state_dict(state, strict=True)
     return model
 
@@ -656,7 +437,7 @@ def _check_tables(metadata: dict[str, Any], skeleton: nn.Module) -> None:
     for name in folded:
         if name not in norms:
             raise CompressedFileError(f"folded batch norm {_quoted(name)} is not a batch norm of the model")
-    expected = set(state) - {f"{name}.{buffer}" for name in folded for buffer in BUFFERS}
+    expected = set(state) - {f"{name}.{buffer}" for name in folded for buffer in BATCH_NORM_BUFFERS}
     stored: set[str] = set()
     for entry in metadata["layers"]:
         if entry["name"] not in prunable:
@@ -701,7 +482,7 @@ def section_layout(metadata: dict[str, Any]) -> list[tuple[str, int]]:
                 sections.append((f"{entry['name']}:{part}", 4 * entry["clusters"]))
             elif entry[field] is not None:
                 sections.append((f"{entry['name']}:{part}", entry[field][position]))
-    return sections + [(key, _tensor_nbytes(storage, shape)) for key, storage, shape in metadata["tensors"]]
+    return sections + [(key, tensor_nbytes(storage, shape)) for key, storage, shape in metadata["tensors"]]
 
 
 def _quoted(name: str, length: int = 60) -> str:
@@ -722,13 +503,13 @@ class _Reader:
         return chunk
 
 
-def _decode_body(metadata: dict[str, Any], body: memoryview) -> tuple[list[_DecodedLayer], dict[str, torch.Tensor]]:
+def _decode_body(metadata: dict[str, Any], body: memoryview) -> tuple[list[CodedLayer], dict[str, torch.Tensor]]:
     """The sections, in the order of the tables (whose shapes :func:`_check_tables` has checked)."""
     reader = _Reader(body)
     layers = [_decode_layer(entry, reader) for entry in metadata["layers"]]
     tensors = {}
     for key, storage, shape in metadata["tensors"]:
-        tensors[key] = _decode_tensor(reader.take(_tensor_nbytes(storage, shape)), storage, shape)
+        tensors[key] = decode_tensor(reader.take(tensor_nbytes(storage, shape)), storage, shape)
         if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
             raise CompressedFileError(f"{key} holds non-finite values")
     if reader.offset != len(body):
@@ -736,21 +517,7 @@ def _decode_body(metadata: dict[str, Any], body: memoryview) -> tuple[list[_Deco
     return layers, tensors
 
 
-def _decode_tensor(raw: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
-    if dtype == ZEROS:
-        return torch.zeros(shape)
-    # coded ranges from a damaged file can overflow: the values are checked for finiteness afterwards
-    with np.errstate(over="ignore", invalid="ignore"):
-        if dtype in LINEAR_BITS:
-            return _from_linear_codes(raw, shape, LINEAR_BITS[dtype])
-        if dtype == LOG8:
-            return _from_log_codes(raw, shape)
-    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.dtype(dtype))
-    tensor = torch.from_numpy(array.reshape(shape))
-    return tensor.float() if dtype == "float16" else tensor
-
-
-def _decode_layer(entry: dict[str, Any], reader: _Reader) -> _DecodedLayer:
+def _decode_layer(entry: dict[str, Any], reader: _Reader) -> CodedLayer:
     """One weight-shared layer; its counts are bounded by its shape (checked against the model) before the
     streams are decoded, so no count in the file decides an allocation."""
     shape = tuple(entry["shape"])
@@ -777,20 +544,20 @@ def _decode_layer(entry: dict[str, Any], reader: _Reader) -> _DecodedLayer:
         position_stream = dataclasses.replace(position_stream, entropy_bytes=limit)
     if int(mask.sum()) != nonzeros:
         raise CompressedFileError(f"layer {entry['name']}: position stream does not match its weight count")
-    return _DecodedLayer(entry["name"], codebook, indices, mask, shape, index_stream, position_stream)
+    return CodedLayer(entry["name"], codebook, indices, mask, shape, index_stream, position_stream)
 
 
 def _with_limit(stream: EncodedStream, symbols: np.ndarray) -> EncodedStream:
     return dataclasses.replace(stream, entropy_bytes=entropy_bytes(symbol_counts(symbols)))
 
 
-def _layer_weight(layer: _DecodedLayer) -> torch.Tensor:
+def _layer_weight(layer: CodedLayer) -> torch.Tensor:
     weight = np.zeros(layer.mask.size, dtype=np.float32)
     weight[layer.mask] = layer.codebook[layer.indices]
     return torch.from_numpy(weight.reshape(layer.shape))
 
 
-def _restore_weight_sharing(model: nn.Module, layers: list[_DecodedLayer]) -> None:
+def _restore_weight_sharing(model: nn.Module, layers: list[CodedLayer]) -> None:
     modules = prunable_layers(model)
     for layer in layers:
         indices = np.zeros(layer.mask.size, dtype=np.int64)

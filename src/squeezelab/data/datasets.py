@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from squeezelab.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from squeezelab.utils.errors import first_line
 
 from .augment import BatchAugment, Normalization
 from .cache import cache_root, cached, files_fingerprint
@@ -173,7 +174,8 @@ def build_datasets(
         limit: use at most this many images of the training pool and of the test set (quick runs, tests).
         mean, std: normalisation (default: per-channel statistics of the training pool for in-memory data,
             ImageNet's otherwise); ``channel_order``/``pixel_scale`` as in :class:`ModelConfig` (Caffe models).
-        resize_size: evaluation resize of the shorter side for file-backed data (default: size / 0.875).
+        resize_size: evaluation resize of the shorter side, recorded for deployment (default: side / 0.875 for
+            file-backed data, the side itself for in-memory data, whose whole images are resized to the input).
         antialias: low-pass filter when the evaluation resize shrinks (False reproduces Caffe/OpenCV models).
         in_memory: decode everything once into memory (default: when the input side is <= 64 px).
         test_fraction: test part of data sets that have no test split (digits, a single image folder).
@@ -199,7 +201,10 @@ def build_datasets(
         in_memory = True  # array data sets (digits, torchvision's MNIST/CIFAR-10) are in memory already
     elif in_memory is None or source.files_only:
         in_memory = max(size) <= IN_MEMORY_MAX_SIDE and not source.files_only
-    resize = resize_size or int(round(max(size) / 0.875))
+    # The evaluation geometry recorded for deployment must be the one the model trained on: in-memory data
+    # holds whole images resized to the input size (a 32x32 CIFAR image as it is), so its resize is the input
+    # side itself; file-backed data follows ImageNet's resize-then-centre-crop (side / 0.875).
+    resize = resize_size or (max(size) if in_memory else int(round(max(size) / 0.875)))
     splits = _memory_splits(pools, request, val_fraction, seed) if in_memory else _file_splits(pools, request, val_fraction, seed, augment, resize, antialias)
     train, val, test, pool_images = splits
     if mean is None or std is None:
@@ -430,7 +435,7 @@ def _torchvision_dataset(cls, root: Path, train: bool, download: bool):
                 "folders); give the folder that holds it, or no data root to download into the squeezelab cache"
             ) from None
         raise FileNotFoundError(
-            f"{root}: {cls.__name__} not found and could not be downloaded: {str(exc).splitlines()[0]}; "
+            f"{root}: {cls.__name__} not found and could not be downloaded: {first_line(exc)}; "
             f"pass a folder holding the data as root"
         ) from None
 

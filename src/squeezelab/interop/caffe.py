@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ MAX_GAP = 15  # the largest 4-bit gap value: only after such a gap can a filler 
 # is 1.7 and its largest bias 4.7; flipping a float32's top exponent bit turns 0.01-1 into 1e36-1e38).
 PLAUSIBLE_MAGNITUDE = 100.0
 CAFFE_ARCH = "squeezenet1_0"
-CAFFE_ARCH_KWARGS = {"final_conv_padding": 1}
+CAFFE_ARCH_KWARGS: dict[str, Any] = {"final_conv_padding": 1}
 DEFAULT_PROTOTXT_NAME = "SqueezeNet_deploy.prototxt"
 # Caffe's SqueezeNet: BGR pixels on a 0-255 scale minus the per-channel mean, no std scaling, 227x227 crop,
 # resized like OpenCV (no anti-aliasing filter): that reproduces the release's 60.8% / 82.4% on the sample.

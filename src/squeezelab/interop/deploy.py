@@ -20,11 +20,13 @@ from typing import Sequence
 
 import torch.nn as nn
 
+from squeezelab.data.cache import cache_root
 from squeezelab.models import ModelConfig
+from squeezelab.models.pretrained import WEIGHTS_DIR, list_pretrained
 from squeezelab.models.registry import model_config
 
 from .executorch_pte import ExecuTorchModel
-from .loading import load_any_model
+from .loading import load_model, model_file
 from .onnx_export import export_onnx, onnx_metadata
 from .openvino_ir import OpenVinoModel
 from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_batch, quantize_int8
@@ -69,9 +71,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def sidecar_paths(model_path: str | os.PathLike) -> dict[str, Path]:
-    """Where the cached exports of ``model_path`` live: ``{"onnx": ..., "int8": ...}``."""
+    """Where the cached exports of ``model_path`` live: ``{"onnx": ..., "int8": ...}``; next to the file, except
+    for the pretrained weights shipped in the package, whose exports go to the user cache (``exports/``)."""
     path = Path(model_path)
-    return {"onnx": path.with_name(path.name + ".onnx"), "int8": path.with_name(path.name + ".int8.onnx")}
+    folder = cache_root() / "exports" if path.resolve().parent == WEIGHTS_DIR else path.parent
+    return {"onnx": folder / (path.name + ".onnx"), "int8": folder / (path.name + ".int8.onnx")}
 
 
 def calibration_id(calibration: str | os.PathLike | Sequence[str | os.PathLike], count: int) -> str:
@@ -130,13 +134,13 @@ def deploy(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    path = Path(model_path)
+    path = model_file(model_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(f"{path}: no such file (nor a pretrained tag: {', '.join(list_pretrained())})")
     if path.suffix in (".onnx", ".xml", ".pte"):
         return _deploy_exported(path, backend, threads)
     if backend == "eager" or (backend == "auto" and not onnxruntime_available()):
-        eager = load_any_model(path, arch=arch)
+        eager = load_model(path, arch=arch)
         return Deployment(eager, "eager", model_config(eager))
     source_hash = file_sha256(path)
     sidecars = sidecar_paths(path)
@@ -187,7 +191,7 @@ def _build_sidecars(
     calibration_count: int,
     progress: bool,
 ) -> None:
-    model = load_any_model(path, arch=arch)
+    model = load_model(path, arch=arch)
     stamp = {SOURCE_KEY: source_hash}
     if not _is_fresh(sidecars["onnx"], source_hash):
         export_onnx(model, sidecars["onnx"], metadata=stamp)

@@ -1,11 +1,14 @@
-"""Load any model file squeezelab knows, detecting its format from the first bytes.
+"""The one loader: :func:`load_model` reads every model file squeezelab knows, detecting its format from the
+first bytes.
 
 * squeezelab model files and training checkpoints (``torch.save`` dicts with a ``format`` header);
 * plain ``state_dict`` files such as torchvision's ``.pth`` checkpoints (the architecture is named by ``arch``);
 * squeezelab compressed ``.sqz`` files (``SQZL`` magic), decoded by :mod:`squeezelab.compress`;
 * the Deep Compression SqueezeNet release (``compressed_SqueezeNet.net``).
 
-Everything is read with ``weights_only=True`` or as raw bytes: no file ever executes code.
+Everything is read with ``weights_only=True`` or as raw bytes: no file ever executes code. Every command that
+takes a model file goes through :func:`load_model` (re-exported as ``squeezelab.load_model``); the library
+functions below it (training, compression, export) take modules.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch.nn as nn
 
 from squeezelab.models import create_model, list_models
 from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record
-from squeezelab.models.registry import model_config, set_model_config
+from squeezelab.models.pretrained import is_pretrained_tag, pretrained_weights
+from squeezelab.models.registry import model_config, model_spec, set_model_config
 from squeezelab.utils.files import safe_torch_load
 
 from .caffe import import_caffe_compressed
@@ -48,42 +52,68 @@ def detect_format(path: str | os.PathLike) -> str:
     return "caffe-deep-compression"
 
 
-def load_any_model(path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None) -> nn.Module:
-    """The model in ``path``, in eval mode, with ``default_cfg`` and ``model_spec`` set.
+def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None) -> nn.Module:
+    """The model in ``path``, in eval mode, with ``default_cfg`` (preprocessing, class names) and ``model_spec``.
 
-    ``arch`` (a registered model name) is needed only for plain state dicts; ``num_classes`` defaults to the
-    architecture's. Errors name the file and say what was expected.
+    Reads squeezelab model files and training checkpoints, ``.sqz`` files, the Deep Compression ``.net``
+    release and plain state dicts (torchvision's ``.pth``; ``module.`` prefixes and ``state_dict`` /
+    ``model_state_dict`` wrappers are removed). ``arch`` (a registered model name) is needed only for plain
+    state dicts, which name no architecture; for the other formats it is checked against the file, as is
+    ``num_classes``. ``path`` may also be a pretrained tag (``squeezenet1_0.dc_in1k``, see
+    ``squeezelab.list_pretrained()``): the file shipped in the package. Errors are one line naming the file and
+    what was expected.
     """
+    path = model_file(path)
     kind = detect_format(path)
-    if kind == "squeezelab-compressed":
-        from squeezelab.compress import load_compressed  # optional heavy import, only for .sqz files
+    if kind == "torch":
+        content = safe_torch_load(path)
+        if not (isinstance(content, Mapping) and content.get("format") == MODEL_FILE_FORMAT):
+            return model_from_state_dict(_state_dict_of(content, path), arch, num_classes, source=str(path))
+        model = model_from_record(dict(content), source=str(path))
+    elif kind == "squeezelab-compressed":
+        from squeezelab.compress import load_compressed  # compression code is needed for .sqz files only
 
-        return load_compressed(path).eval()
-    if kind == "caffe-deep-compression":
-        try:
-            return import_caffe_compressed(path)
-        except ValueError:
-            if Path(path).suffix == ".net":
-                raise  # the decoder's message says what is wrong with the file
-            raise ValueError(f"{path}: not a model file squeezelab reads ({KNOWN_FORMATS})") from None
-    content = safe_torch_load(path)
-    if isinstance(content, Mapping) and content.get("format") == MODEL_FILE_FORMAT:
-        return model_from_record(dict(content), source=str(path)).eval()
-    return model_from_state_dict(_state_dict_of(content, path), arch, num_classes, source=str(path))
+        model = load_compressed(path)
+    else:
+        model = _caffe_release(path)
+    _check_requested(model, arch, num_classes, str(path))
+    return model.eval()
+
+
+def model_file(ref: str | os.PathLike) -> Path:
+    """``ref`` as a path; a pretrained tag (when no file of that name exists) becomes its shipped file."""
+    path = Path(ref)
+    if not path.exists() and is_pretrained_tag(str(ref)):
+        return pretrained_weights(str(ref)).path
+    return path
+
+
+def _caffe_release(path: str | os.PathLike) -> nn.Module:
+    try:
+        return import_caffe_compressed(path)
+    except ValueError:
+        if Path(path).suffix == ".net":
+            raise  # the decoder's message says what is wrong with the file
+        raise ValueError(f"{path}: not a model file squeezelab reads ({KNOWN_FORMATS})") from None
+
+
+def _check_requested(model: nn.Module, arch: str | None, num_classes: int | None, source: str) -> None:
+    """A file that names its own architecture must hold the one asked for (a wrong file fails here, not later)."""
+    held = model_spec(model)["name"]
+    if arch is not None and arch != held:
+        raise ValueError(f"{source}: holds a {held!r} model, not {arch!r}")
+    classes = model_config(model).num_classes
+    if num_classes is not None and num_classes != classes:
+        raise ValueError(f"{source}: holds a {classes}-class {held} model, not {num_classes} classes")
 
 
 def load_model_or_name(ref: str | os.PathLike, arch: str | None = None) -> nn.Module:
-    """A model file (any format :func:`load_any_model` reads) or a registered model name (random weights)."""
-    if Path(ref).is_file():
-        return load_any_model(ref, arch=arch)
+    """A model file (any format :func:`load_model` reads) or a registered model name (random weights)."""
+    if model_file(ref).is_file():
+        return load_model(ref, arch=arch)
     if str(ref) in list_models():
         return create_model(str(ref)).eval()
     raise ValueError(f"{ref}: neither a model file nor a registered model name (see 'squeezelab models')")
-
-
-def load_torchvision_checkpoint(path: str | os.PathLike, arch: str, num_classes: int | None = None) -> nn.Module:
-    """A torchvision-style ``.pth`` state dict loaded strictly into the registered model ``arch``."""
-    return model_from_state_dict(_state_dict_of(safe_torch_load(path), path), arch, num_classes, source=str(path))
 
 
 def _state_dict_of(content: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from . import baselines, squeezenet, squeezenet_fast, squeezenext  # noqa: F401  (register the model families)
 from .baselines import VGG, AlexNet, PlainCNN, build_vgg19, vgg_features
 from .fire import Fire, FirePair
+from .pretrained import list_pretrained
 from .profile import InputTooSmallError, count_macs, count_params, fp32_size_bytes, layer_table
 from .registry import (
     ModelConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "get_model_config",
     "layer_table",
     "list_models",
+    "list_pretrained",
     "register_model",
     "vgg_features",
 ]

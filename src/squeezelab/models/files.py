@@ -6,7 +6,8 @@ A model file is a plain dict saved with ``torch.save`` and read with ``weights_o
      "default_cfg": {...}, "state_dict": {...}, ...}
 
 Training checkpoints add their own keys (optimizer, epoch, ...) to the same dict, so
-:func:`load_model` reads a training checkpoint as well as an exported model. The writer adds a SHA-256
+:func:`model_from_record` reads a training checkpoint as well as an exported model (``squeezelab.load_model``
+reads these and every other format). The writer adds a SHA-256
 digest of the record (``"sha256"``), which loading verifies and removes (see ``squeezelab.utils.digest``).
 """
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from squeezelab.utils.errors import DamagedFileError, first_line
-from squeezelab.utils.files import atomic_torch_save, safe_torch_load
+from squeezelab.utils.files import atomic_torch_save
 
 from .registry import ModelConfig, create_model, model_skeleton, set_model_config
 
@@ -104,8 +105,3 @@ def model_from_record(record: dict[str, Any], source: str = "model file") -> nn.
     if cfg is not None:
         set_model_config(model, cfg)
     return model
-
-
-def load_model(path: str | os.PathLike) -> nn.Module:
-    """Load a model file or training checkpoint written by squeezelab (never executes code)."""
-    return model_from_record(safe_torch_load(path), source=str(path))

@@ -164,13 +164,20 @@ def get_model_config(name: str) -> ModelConfig:
 
 
 def create_model(
-    name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+    name: str, num_classes: int | None = None, in_chans: int | None = None, pretrained: bool = False, **kwargs: Any
 ) -> nn.Module:
     """Build a registered model, timm-style.
 
     ``num_classes`` and ``in_chans`` default to the model's config; other keyword arguments go to the
-    builder (for example ``squeeze_ratio=0.75`` for ``squeezenet_generator``).
+    builder (for example ``squeeze_ratio=0.75`` for ``squeezenet_generator``). ``name`` may carry a pretrained
+    tag (``"squeezenet1_0.dc_in1k"``, see ``list_pretrained()``); with ``pretrained=True`` the shipped weights
+    are loaded (a name without a tag takes its model's first tag), in eval mode, and a different
+    ``num_classes`` replaces the classifier with a new one (transfer learning, see
+    :func:`~squeezelab.models.transfer.with_num_classes`).
     """
+    if pretrained:
+        return _pretrained_model(name, num_classes, in_chans, kwargs)
+    name = name.split(".", 1)[0]  # a tag names weights; without pretrained=True, the architecture alone is built
     entry = _entry(name)
     cfg = entry.cfg
     num_classes = cfg.num_classes if num_classes is None else num_classes
@@ -187,6 +194,30 @@ def create_model(
     # setattr: nn.Module.__setattr__ is typed for tensors and modules only (see set_model_config)
     setattr(model, "model_spec", {"name": name, "kwargs": {"num_classes": num_classes, "in_chans": in_chans, **kwargs}})
     return model
+
+
+def _pretrained_model(name: str, num_classes: int | None, in_chans: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    from .pretrained import list_pretrained, pretrained_weights
+    from .transfer import with_num_classes
+
+    if "." not in name:
+        _entry(name)
+        tags = list_pretrained(f"{name}.*")
+        if not tags:
+            raise ValueError(f"no pretrained weights for {name!r}; shipped: {', '.join(list_pretrained())}")
+        name = tags[0]
+    weights = pretrained_weights(name)
+    if kwargs:
+        raise ValueError(f"{name}: pretrained weights fix the architecture; builder arguments {sorted(kwargs)} cannot apply")
+    # The shipped files are .sqz or model files, read by the one loader, which sits above the models (it needs
+    # squeezelab.compress for .sqz): imported here, when pretrained weights are asked for, as timm's builder does.
+    from squeezelab.interop.loading import load_model
+
+    model = load_model(weights.path)
+    held = model_config(model).input_size[0]
+    if in_chans is not None and in_chans != held:
+        raise ValueError(f"{name}: its weights take {held}-channel images, not in_chans={in_chans}")
+    return with_num_classes(model, num_classes) if num_classes is not None else model
 
 
 def model_config(model: nn.Module) -> ModelConfig:

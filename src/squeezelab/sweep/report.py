@@ -11,16 +11,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from squeezelab.utils.files import atomic_write_text
+from squeezelab.utils.optional import require
+from squeezelab.utils.plotting import figure_with_axes, label_axes, save_figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from squeezelab.utils.files import atomic_write, atomic_write_text  # noqa: E402
-from squeezelab.utils.optional import require  # noqa: E402
-
-from .runner import crashed, grid_trials, retried_trials, trial_key, trial_params  # noqa: E402
-from .study import StudySpec  # noqa: E402
+from .runner import crashed, grid_trials, retried_trials, trial_key, trial_params
+from .study import StudySpec
 
 if TYPE_CHECKING:
     import optuna
@@ -148,17 +144,16 @@ def _distinct(spec: StudySpec, axis: str) -> list[Any]:
 def _pareto_plot(rows: list[dict[str, Any]], key: str, scale: float, xlabel: str, path: Path, spec: StudySpec) -> Path:
     points = [(r[key] / scale, r["test_top1"] if r["test_top1"] is not None else r["val_top1"]) for r in rows]
     front = pareto_front(points)
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = figure_with_axes(7, 4.5)
     axes.scatter([p[0] for p in points], [p[1] for p in points], s=18, alpha=0.7, label="trials")
     axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "r-o", ms=5, label="Pareto front")
     for i in front:
         axes.annotate(_label(rows[i], spec), points[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel("test top-1 (%)" if rows[0]["test_top1"] is not None else "val top-1 (%)")
-    axes.set_title(f"{spec.name}: accuracy vs {xlabel}")
-    axes.grid(alpha=0.3)
+    accuracy = "test top-1 (%)" if rows[0]["test_top1"] is not None else "val top-1 (%)"
+    label_axes(axes, xlabel, accuracy, f"{spec.name}: accuracy vs {xlabel}")
     axes.legend()
-    return _save(figure, path)
+    save_figure(figure, path)
+    return path
 
 
 def _numeric_axis(rows: list[dict[str, Any]], axis: str) -> bool:
@@ -173,19 +168,9 @@ def _axis_plot(rows: list[dict[str, Any]], axis: str, path: Path, spec: StudySpe
     xs = sorted(by_value)
     means = [statistics.fmean(by_value[x]) for x in xs]
     errors = [statistics.stdev(by_value[x]) if len(by_value[x]) > 1 else 0.0 for x in xs]
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = figure_with_axes(6, 4)
     axes.errorbar(xs, means, yerr=errors, fmt="-o", capsize=3)
     name = axis.split(".")[-1]
-    axes.set_xlabel(name)
-    axes.set_ylabel("test top-1 (%), mean over seeds")
-    axes.set_title(f"{spec.name}: top-1 vs {name}")
-    axes.grid(alpha=0.3)
-    return _save(figure, path)
-
-
-def _save(figure: plt.Figure, path: Path) -> Path:
-    figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
-    plt.close(figure)
+    label_axes(axes, name, "test top-1 (%), mean over seeds", f"{spec.name}: top-1 vs {name}")
+    save_figure(figure, path)
     return path

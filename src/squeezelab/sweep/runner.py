@@ -22,6 +22,7 @@ import torch
 
 from squeezelab.bench.timing import interleaved_timings
 from squeezelab.compress import DEEP_COMPRESSION_DENSITIES, prune, quantize, save_compressed
+from squeezelab.compress.stages import has_checkpoint
 from squeezelab.models import count_macs, count_params
 from squeezelab.models.registry import model_config
 from squeezelab.train import TrainConfig, train_from_config
@@ -301,7 +302,7 @@ def _objective(trial: optuna.Trial, spec: StudySpec, root: Path, progress: bool)
 def run_trial(spec: StudySpec, params: dict[str, Any], run_dir: Path, progress: bool = False) -> dict[str, Any]:
     """Train one point of the study (resuming its run directory if it was interrupted) and measure it."""
     config = spec.trial_config(params)
-    resume = (run_dir / "last.pt").is_file()
+    resume = has_checkpoint(run_dir)
     start = time.perf_counter()
     result = train_from_config(config, run_dir, resume=resume, progress=progress, log=None)
     model = result.model.eval()

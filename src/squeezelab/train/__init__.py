@@ -1,6 +1,6 @@
 """Training and evaluation: ``TrainConfig``, ``fit``, ``evaluate``, runs from a config, the quickstart."""
 
-from .checkpoint import load_checkpoint, load_trained_model, training_config_of
+from .checkpoint import load_checkpoint, training_config_of
 from .config import TrainConfig
 from .device import DistInfo, distributed_session
 from .engine import FitResult, NonFiniteLossError, fit
@@ -10,7 +10,7 @@ from .recipes import (
     build_run_data,
     build_run_model,
     default_run_dir,
-    evaluate_checkpoint,
+    evaluate_model,
     quickstart,
     resume_training,
     train_from_config,
@@ -27,10 +27,9 @@ __all__ = [
     "default_run_dir",
     "distributed_session",
     "evaluate",
-    "evaluate_checkpoint",
+    "evaluate_model",
     "fit",
     "load_checkpoint",
-    "load_trained_model",
     "quickstart",
     "resume_training",
     "train_from_config",

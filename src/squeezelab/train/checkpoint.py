@@ -14,9 +14,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from squeezelab.models.files import MODEL_FILE_FORMAT, model_from_record, model_record
-from squeezelab.models.registry import create_model
-from squeezelab.utils.errors import DamagedFileError
+from squeezelab.models.files import model_record
+from squeezelab.utils.errors import DamagedFileError, first_line
 from squeezelab.utils.files import atomic_torch_save, safe_torch_load
 
 from .config import TrainConfig
@@ -94,36 +93,7 @@ def load_weights(model: nn.Module, record: dict[str, Any], source: str) -> None:
     try:
         model.load_state_dict(record["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{source}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
-
-
-def load_trained_model(path: str | Path, model_name: str | None = None, num_classes: int | None = None) -> nn.Module:
-    """A model from a squeezelab model file or checkpoint, or from a bare ``state_dict`` file and ``model_name``.
-
-    Model files carry their architecture; a bare ``state_dict`` (e.g. torchvision's weights) needs the
-    registered ``model_name`` (and ``num_classes`` if it differs from the model's default).
-    """
-    return trained_model_from_record(safe_torch_load(path), str(path), model_name, num_classes)
-
-
-def trained_model_from_record(
-    record: Any, path: str, model_name: str | None = None, num_classes: int | None = None
-) -> nn.Module:
-    """:func:`load_trained_model` for an already loaded file (``path`` names it in errors)."""
-    if isinstance(record, dict) and record.get("format") == MODEL_FILE_FORMAT:
-        spec = record.get("model_spec")
-        spec_name = spec.get("name") if isinstance(spec, dict) else None  # a bad spec: model_from_record says why
-        if model_name is not None and spec_name is not None and model_name != spec_name:
-            raise ValueError(f"{path}: holds a {spec_name!r} model, not {model_name!r}")
-        return model_from_record(record, str(path))
-    state_dict = record.get("state_dict", record) if isinstance(record, dict) else None
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path}: neither a squeezelab model file nor a state_dict")
-    if model_name is None:
-        raise ValueError(f"{path}: holds bare weights without an architecture; name the model (e.g. squeezenet1_1)")
-    model = create_model(model_name, num_classes=num_classes)
-    load_weights(model, {"state_dict": state_dict}, str(path))
-    return model
+        raise ValueError(f"{source}: weights do not fit the model: {first_line(exc)}") from None
 
 
 def training_config_of(path: str | Path) -> TrainConfig | None:
@@ -131,4 +101,11 @@ def training_config_of(path: str | Path) -> TrainConfig | None:
     None for files that record none (model files, bare state dicts)."""
     record = safe_torch_load(path)
     config = record.get("config") if isinstance(record, dict) else None
-    return TrainConfig.from_dict(config, str(path)) if isinstance(config, dict) else None
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise DamagedFileError(f"{path}: 'config' must be a mapping of settings, got {type(config).__name__}")
+    try:
+        return TrainConfig.from_dict(config, str(path))
+    except ValueError as exc:  # the file's own record is wrong, not a setting the user gave
+        raise DamagedFileError(first_line(exc)) from None

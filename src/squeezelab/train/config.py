@@ -32,6 +32,12 @@ class TrainConfig:
     # has batch norm and no final ReLU: the plain squeezenet1_1_cifar trained to chance with these defaults.
     model: str = "squeezenet_bn_cifar"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # fine-tuning: start from these weights (a pretrained tag such as squeezenet1_0.dc_in1k, or any model file
+    # squeezelab.load_model reads) instead of a new model; the classifier is replaced for the data's classes and
+    # the weights' preprocessing is used. model/model_kwargs then record the pretrained architecture.
+    pretrained: str | None = None
+    freeze_epochs: int = 0  # epochs at the start in which only the (new) classifier trains
+    backbone_lr_scale: float = 1.0  # learning-rate multiplier of every parameter but the classifier's
     # data
     dataset: str = "cifar10"
     data_root: str | None = None
@@ -90,7 +96,7 @@ class TrainConfig:
     # knowledge distillation (Hinton et al. 2015): loss = (1 - distill) * CE + distill * T^2 * KL(teacher || student)
     distill: float = 0.0  # weight of the teacher's soft targets; 0 trains on labels only
     distill_temperature: float = 4.0
-    teacher: str | None = None  # model file or checkpoint of the teacher (the Python API can pass a module)
+    teacher: str | None = None  # teacher model file, any format squeezelab.load_model reads (fit takes a module)
     # execution
     device: str = "auto"
     amp: str = "auto"
@@ -136,6 +142,12 @@ class TrainConfig:
             raise ValueError(f"distill: must be in [0, 1], got {self.distill}")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature: must be > 0, got {self.distill_temperature}")
+        if not isinstance(self.freeze_epochs, int) or isinstance(self.freeze_epochs, bool) or not 0 <= self.freeze_epochs < self.epochs:
+            raise ValueError(f"freeze_epochs: must be a whole number in [0, epochs), got {self.freeze_epochs!r}")
+        if not _finite(self.backbone_lr_scale) or self.backbone_lr_scale <= 0:
+            raise ValueError(f"backbone_lr_scale: must be a finite number > 0, got {self.backbone_lr_scale}")
+        if self.pretrained is not None and (not isinstance(self.pretrained, str) or not self.pretrained):
+            raise ValueError(f"pretrained: must be a pretrained tag or a model file, got {self.pretrained!r}")
         if self.teacher is not None and not self.distill:
             raise ValueError("teacher: set, but distill is 0 (give the weight of the teacher's targets)")
 

@@ -25,11 +25,12 @@ from tqdm import tqdm
 from squeezelab.data import DatasetSplits, InMemoryImages, Loaders, build_loaders, epoch_seed
 from squeezelab.models.profile import count_params
 from squeezelab.models.registry import ModelConfig, set_model_config
+from squeezelab.models.transfer import classifier_parameters
 from squeezelab.utils.errors import DamagedFileError, first_line
 from squeezelab.utils.files import remove_stale_temporaries
 
 from .averaging import WeightAverage
-from .checkpoint import BEST, LAST, load_checkpoint, load_trained_model, load_weights, resume_state
+from .checkpoint import BEST, LAST, load_checkpoint, load_weights, resume_state
 from .config import TrainConfig
 from .device import DistInfo, autocast, grad_scaler, join_process_group, resolve_amp, resolve_device
 from .evaluate import evaluate
@@ -93,8 +94,8 @@ def fit(
     the test split. With ``run_dir`` every epoch writes checkpoints, metrics and plots there (see
     ``squeezelab.train.rundir``); ``resume=True`` continues from ``run_dir/last.pt``. Under ``torchrun`` the
     model is wrapped in ``DistributedDataParallel`` and only rank 0 writes files or logs. With
-    ``config.distill`` > 0 the loss mixes in the soft targets of ``teacher`` (or of the model file named by
-    ``config.teacher``), which runs frozen in eval mode. On Ctrl-C, ``resume_hint`` (default: the
+    ``config.distill`` > 0 the loss mixes in the soft targets of ``teacher`` (a module: the model file named by
+    ``config.teacher`` is loaded by :func:`~squeezelab.train.train_from_config`), which runs frozen in eval mode. On Ctrl-C, ``resume_hint`` (default: the
     ``squeezelab train --resume`` command) tells the user how to continue.
     """
     dist_info, own_group = join_process_group(config.device)
@@ -216,15 +217,27 @@ def _prepare_parameters(model: nn.Module, config: TrainConfig) -> Callable[[int]
     which then leaves it (and its momentum) untouched, as a frozen parameter.
     """
     set_batch_norm(model, config.bn_momentum, config.bn_weight_frozen)
+    whitening_bias = _whitening_bias(model, config)
+    backbone = _backbone(model) if config.freeze_epochs else []
+    return lambda epoch: (whitening_bias if epoch >= (config.whitening_bias_epochs or 0) else []) + (
+        backbone if epoch < config.freeze_epochs else []
+    )
+
+
+def _whitening_bias(model: nn.Module, config: TrainConfig) -> list[torch.Tensor]:
+    """Freezes a frozen whitening layer's filters; returns its bias if that trains for some epochs only."""
     if config.whitening == "none":
-        return lambda epoch: []
+        return []
     conv = first_conv(model)
     if config.whitening == "frozen":
         conv.weight.requires_grad_(False)
-    bias, bias_epochs = conv.bias, config.whitening_bias_epochs
-    if bias is None or bias_epochs is None:
-        return lambda epoch: []
-    return lambda epoch: [bias] if epoch >= bias_epochs else []
+    return [conv.bias] if conv.bias is not None and config.whitening_bias_epochs is not None else []
+
+
+def _backbone(model: nn.Module) -> list[torch.Tensor]:
+    """Every trainable parameter but the classifier's: frozen for ``freeze_epochs`` when fine-tuning."""
+    head = {id(p) for p in classifier_parameters(model)}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in head]
 
 
 def _weight_average(config: TrainConfig, total_steps: int) -> WeightAverage | None:
@@ -313,7 +326,7 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 def _teacher(teacher: nn.Module | None, config: TrainConfig) -> nn.Module | None:
     if teacher is None and config.teacher:
-        teacher = load_trained_model(config.teacher)
+        raise ValueError(f"teacher: fit takes the teacher as a module; load {config.teacher} with squeezelab.load_model and pass teacher=")
     if teacher is not None and not config.distill:
         raise ValueError("a teacher was given but distill is 0: set distill to the weight of its targets")
     if teacher is None and config.distill:

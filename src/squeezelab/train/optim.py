@@ -15,6 +15,8 @@ import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from squeezelab.models.transfer import classifier_parameters
+
 from .config import TrainConfig
 from .muon import Muon
 
@@ -47,11 +49,11 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float, norm_lr_s
 def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
     groups = parameter_groups(model, config.weight_decay, config.lr, config.norm_lr_scale)
     if config.optimizer == "muon":
-        filter_group = {"lr": config.muon_lr, "momentum": config.muon_momentum}
-        return Muon(
-            muon_groups(groups, filter_group), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-            weight_norm=config.muon_weight_norm,
-        )
+        groups = muon_groups(groups, {"lr": config.muon_lr, "momentum": config.muon_momentum})
+    if config.backbone_lr_scale != 1.0:
+        groups = scaled_backbone(groups, {id(p) for p in classifier_parameters(model)}, config.backbone_lr_scale)
+    if config.optimizer == "muon":
+        return Muon(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_norm=config.muon_weight_norm)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
     if config.optimizer == "adam":
@@ -71,6 +73,18 @@ def muon_groups(groups: list[dict], filter_settings: dict) -> list[dict]:
     decay = next(g for g in groups if any(id(p) in filter_ids for p in g["params"]))
     others = [{**g, "params": [p for p in g["params"] if id(p) not in filter_ids]} for g in groups]
     return [{**decay, **filter_settings, "params": filters, "muon": True}] + [g for g in others if g["params"]]
+
+
+def scaled_backbone(groups: list[dict], classifier_ids: set[int], scale: float) -> list[dict]:
+    """``groups`` with each split in two: its classifier parameters as they are, the rest (the backbone, when
+    fine-tuning pretrained weights) at ``lr * scale``."""
+    split = []
+    for group in groups:
+        backbone = [p for p in group["params"] if id(p) not in classifier_ids]
+        head = [p for p in group["params"] if id(p) in classifier_ids]
+        split += [{**group, "params": backbone, "lr": group["lr"] * scale}] if backbone else []
+        split += [{**group, "params": head}] if head else []
+    return split
 
 
 def _betas(config: TrainConfig) -> tuple[float, float]:

@@ -1,37 +1,24 @@
-"""PNG plots of a run (matplotlib's object API with the Agg canvas: no global backend is touched)."""
+"""PNG plots of a run: learning curves and the confusion matrix."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from squeezelab.utils.files import atomic_write_bytes
-
-
-def save_figure(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+from squeezelab.utils.plotting import figure_with_axes, label_axes, new_figure, save_figure
 
 
 def plot_curves(history: Sequence[dict], path: Path, title: str = "") -> None:
     """Loss and top-1 accuracy per epoch, train and validation side by side."""
     epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(10, 4))
+    figure = new_figure(10, 4)
     loss_ax, acc_ax = figure.subplots(1, 2)
     for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "top1", "top-1 accuracy (%)")):
         ax.plot(epochs, [row[f"train_{key}"] for row in history], marker="o", label="train")
         val = [(e, row[f"val_{key}"]) for e, row in zip(epochs, history) if row.get(f"val_{key}") is not None]
         if val:
             ax.plot([e for e, _ in val], [v for _, v in val], marker="o", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+        label_axes(ax, "epoch", label)
         ax.legend()
     if title:
         figure.suptitle(title)
@@ -41,8 +28,7 @@ def plot_curves(history: Sequence[dict], path: Path, title: str = "") -> None:
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix (true class down, predicted across), with counts in small matrices."""
     size = len(class_names)
-    figure = Figure(figsize=(max(5, 0.45 * size + 2), max(4, 0.45 * size + 1.5)))
-    ax = figure.subplots()
+    figure, ax = figure_with_axes(max(5, 0.45 * size + 2), max(4, 0.45 * size + 1.5))
     rows = [[v / max(1, sum(row)) for v in row] for row in confusion]
     image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=ax, label="fraction of true class")
@@ -53,8 +39,5 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
             for j, count in enumerate(row):
                 if count:
                     ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if rows[i][j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
+    label_axes(ax, "predicted", "true", title, grid=False)
     save_figure(figure, path)

@@ -12,11 +12,10 @@ from squeezelab.data import DatasetSplits, build_datasets, build_loaders, datase
 from squeezelab.data.augment import Normalization
 from squeezelab.models import create_model, get_model_config
 from squeezelab.models.profile import check_input_size
-from squeezelab.models.registry import model_config
+from squeezelab.models.registry import ModelConfig, model_config
+from squeezelab.models.transfer import with_num_classes
 from squeezelab.utils.errors import DamagedFileError, first_line
-from squeezelab.utils.files import safe_torch_load
 
-from .checkpoint import trained_model_from_record
 from .config import TrainConfig
 from .device import resolve_amp, resolve_device
 from .engine import FitResult, fit
@@ -44,14 +43,21 @@ QUICKSTART_CONFIG = TrainConfig(
 )
 
 
-def build_run_data(config: TrainConfig, progress: bool = True) -> DatasetSplits:
-    """The config's data set at the model's input size and channels (its own defaults unless set)."""
-    model_cfg = get_model_config(config.model)
+def build_run_data(config: TrainConfig, progress: bool = True, preprocessing: ModelConfig | None = None) -> DatasetSplits:
+    """The config's data set at the model's input size and channels (its own defaults unless set).
+
+    ``preprocessing``: the config of pretrained weights being fine-tuned, whose input size, statistics, channel
+    order and scale the data then follows (the config's input size and channels still win when set).
+    """
+    own = preprocessing or get_model_config(config.model)
+    options = dataset_options_from_config(preprocessing) if preprocessing is not None else {}
+    options.update(
+        in_chans=config.in_chans or own.input_size[0],
+        input_size=tuple(config.input_size) if config.input_size else tuple(own.input_size[1:]),
+    )
     return build_datasets(
         config.dataset,
         config.data_root,
-        in_chans=config.in_chans or model_cfg.input_size[0],
-        input_size=tuple(config.input_size) if config.input_size else tuple(model_cfg.input_size[1:]),
         val_fraction=config.val_fraction,
         seed=config.seed,
         augment=config.augment,
@@ -61,6 +67,7 @@ def build_run_data(config: TrainConfig, progress: bool = True) -> DatasetSplits:
         flip=config.flip,
         limit=config.limit,
         progress=progress,
+        **options,
     )
 
 
@@ -80,10 +87,38 @@ def train_from_config(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> FitResult:
-    """Build the model and data the config names and :func:`fit` them, writing ``run_dir``."""
-    splits = build_run_data(config, progress)
-    model = build_run_model(config, splits)
-    return fit(model, config, splits, run_dir, resume=resume, progress=progress, log=log)
+    """Build the model and data the config names and :func:`fit` them, writing ``run_dir``; the teacher and
+    the pretrained weights the config names, if any, are loaded first (any file ``squeezelab.load_model`` reads)."""
+    teacher = _load_model_file(config.teacher) if config.teacher else None
+    if config.pretrained:
+        pretrained = _load_model_file(config.pretrained)
+        splits = build_run_data(config, progress, preprocessing=model_config(pretrained))
+        model = _fine_tuned_start(pretrained, splits, config, log)  # fit records its architecture as the run's model
+    else:
+        splits = build_run_data(config, progress)
+        model = build_run_model(config, splits)
+    return fit(model, config, splits, run_dir, resume=resume, progress=progress, log=log, teacher=teacher)
+
+
+def _load_model_file(ref: str) -> torch.nn.Module:
+    # The one loader reads .sqz and Caffe files, whose decoders live above training (squeezelab.compress uses
+    # fit), so it is imported when a config names a file, not with this module.
+    from squeezelab.interop.loading import load_model
+
+    return load_model(ref)
+
+
+def _fine_tuned_start(
+    pretrained: torch.nn.Module, splits: DatasetSplits, config: TrainConfig, log: Callable[[str], None] | None
+) -> torch.nn.Module:
+    """The pretrained model with a new classifier for the data's classes (seeded), in training mode."""
+    held = model_config(pretrained).num_classes
+    torch.manual_seed(config.seed)
+    model = with_num_classes(pretrained, splits.num_classes, splits.class_names)
+    if held != splits.num_classes and log is not None:
+        log(f"{config.pretrained}: {held} classes -> {splits.num_classes} of {splits.name}: a new classifier, every other layer pretrained")
+    check_input_size(model, splits.input_size)
+    return model.train()
 
 
 def resume_training(run_dir: str | Path, *, progress: bool = True, log: Callable[[str], None] | None = print) -> FitResult:
@@ -113,13 +148,12 @@ def quickstart(
     return train_from_config(config, out_dir, progress=progress, log=log)
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
+def evaluate_model(
+    model: torch.nn.Module,
     dataset: str,
     root: str | Path | None = None,
     *,
-    model: torch.nn.Module | None = None,
-    model_name: str | None = None,
+    training: TrainConfig | None = None,
     split: str = "test",
     batch_size: int = 256,
     workers: int | None = None,
@@ -129,31 +163,29 @@ def evaluate_checkpoint(
     limit: int | None = None,
     progress: bool = True,
     tta: str = "none",
+    source: str = "model",
 ) -> tuple[dict, DatasetSplits]:
-    """Evaluate a model file, training checkpoint or bare ``state_dict`` (with ``model_name``) on a data split.
+    """Evaluate ``model`` (any module ``squeezelab.load_model`` returns) on a split of ``dataset``.
 
     Images are preprocessed as the model's ``default_cfg`` says (what training recorded: input size,
-    statistics, channel order). ``split="val"`` rebuilds the run's validation split from the seed and fraction
-    stored in a training checkpoint. ``model``, if given, is what ``checkpoint`` holds, already loaded (a
-    compressed ``.sqz`` file, say, which only ``squeezelab.compress`` reads). With ``tta`` (see
+    statistics, channel order). ``training`` is the config of the run that trained the model
+    (:func:`~squeezelab.train.training_config_of` of its checkpoint): ``split="val"`` rebuilds that run's
+    validation images from its seed and fraction (without it, a 10% split of seed 0). With ``tta`` (see
     :func:`~squeezelab.train.evaluate.tta_logits`) the metrics also hold ``"tta"``: top-1, top-5 and loss
-    with test-time augmentation, beside the plain figures. Returns ``(metrics of evaluate(), the data splits)``.
+    with test-time augmentation, beside the plain figures. ``source`` names the model in errors. Returns
+    ``(metrics of evaluate(), the data splits)``.
     """
     if split not in ("test", "val"):
         raise ValueError(f"split must be test or val, got {split!r}")
-    record = safe_torch_load(checkpoint) if model is None else {}
-    if model is None:
-        model = trained_model_from_record(record, str(checkpoint), model_name)
-    options = _preprocessing_of(model, str(checkpoint))
+    options = _preprocessing_of(model, source)
     if input_size is not None:
         options["input_size"] = tuple(input_size[-2:])
         check_input_size(model, (model_config(model).input_size[0], *options["input_size"]))
-    val_fraction, seed = _split_settings(record, str(checkpoint))
     splits = build_datasets(
         dataset,
         root,
-        val_fraction=val_fraction,
-        seed=seed,
+        val_fraction=training.val_fraction if training is not None else 0.1,
+        seed=training.seed if training is not None else 0,
         augment=False,
         limit=limit,
         progress=progress,
@@ -181,17 +213,3 @@ def _preprocessing_of(model: torch.nn.Module, source: str) -> dict[str, Any]:
     except ValueError as exc:
         raise DamagedFileError(f"{source}: default_cfg: {first_line(exc)}") from None
     return dataset_options_from_config(cfg)
-
-
-def _split_settings(record: Any, source: str) -> tuple[float, int]:
-    """``(val_fraction, seed)`` the checkpoint's run split its data with (defaults for files without a
-    training config), so that ``split="val"`` rebuilds the run's validation images."""
-    config = record.get("config", {}) if isinstance(record, dict) else {}
-    if not isinstance(config, dict):
-        raise DamagedFileError(f"{source}: 'config' must be a mapping of settings, got {type(config).__name__}")
-    val_fraction, seed = config.get("val_fraction", 0.1), config.get("seed", 0)
-    if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
-        raise DamagedFileError(f"{source}: config.val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise DamagedFileError(f"{source}: config.seed must be a whole number, got {seed!r}")
-    return float(val_fraction), seed

@@ -214,9 +214,16 @@ def read_mapping(path: str | os.PathLike, what: str = "settings") -> dict[str, A
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise ValueError(f"{path}: not valid {kind}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{path}: not valid {kind}: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of {what}, got {type(data).__name__}")
     return data
+
+
+def write_mapping(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write ``data`` as YAML (or, for ``.json``, JSON), atomically: the files :func:`read_mapping` reads."""
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+    atomic_write_text(path, text)
