@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from squeezelab.train import TrainConfig
+from squeezelab.utils.errors import check_settings_mapping
 from squeezelab.utils.files import read_mapping, write_mapping
 
 from .coding import SYMBOL_ENCODERS
@@ -130,13 +130,7 @@ class CompressionConfig:
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "CompressionConfig":
         """Settings from a mapping; a ``finetune`` mapping gives fine-tuning settings other than the defaults
         of :data:`.finetune.FINETUNE_DEFAULTS`."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                raise ValueError(f"{source}: unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        check_settings_mapping(data, {f.name for f in fields(cls)}, source)
         try:
             settings = {key: _coerced(key, value) for key, value in data.items()}
             if isinstance(settings.get("finetune"), Mapping):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -12,6 +11,7 @@ from typing import Any
 import yaml
 
 from squeezelab.data.augment import FLIP_MODES, TRANSLATE_MODES
+from squeezelab.utils.errors import check_settings_mapping
 from squeezelab.utils.files import atomic_write_text, read_mapping
 
 from .averaging import AVERAGING_MODES
@@ -197,14 +197,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"{source}: unknown setting {key!r}{hint}")
+        check_settings_mapping(data, {f.name for f in fields(cls)}, source)
         try:
             return cls(**{key: _coerced(cls, key, value) for key, value in data.items()})
         except (TypeError, ValueError) as exc:
