@@ -55,6 +55,11 @@ PRETRAINED: dict[str, PretrainedWeights] = {
             "squeezenet_fast_cifar.sl_cifar10.pt",
             "CIFAR-10, squeezelab's fast recipe (experiments/train/cifar10_fast.yaml), float16 weights",
         ),
+        PretrainedWeights(
+            "squeezenet_tiny_cifar.sl_mnist",
+            "squeezenet_tiny_cifar.sl_mnist.pt",
+            "MNIST, experiments/train/mnist.yaml (the 4-fire tiny SqueezeNet with batch norm, 28x28), float16 weights",
+        ),
     )
 }
 
